@@ -1,0 +1,218 @@
+"""Player input to action: what the player typed becomes the line the model sees.
+
+``do``: "I pick up my sword" -> "You pick up your sword." (first person becomes second person
+outside quotes, a "You" when missing, final punctuation). ``say``: "hello there" ->
+'You say "Hello there."'. ``story``: the text as written. Empty input continues the story.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from dungeon.cleanup import sanitize
+from dungeon.format import Mode
+
+MAX_INPUT_CHARS = 1500
+"""Longer input is cut (at a word) with a notice: a 100 KB paste must not stall a turn."""
+
+# Whole-input shortcuts of classic text adventures.
+SHORTCUTS = {
+    "n": "go north",
+    "s": "go south",
+    "e": "go east",
+    "w": "go west",
+    "ne": "go northeast",
+    "nw": "go northwest",
+    "se": "go southeast",
+    "sw": "go southwest",
+    "u": "go up",
+    "d": "go down",
+    "l": "look around",
+    "look": "look around",
+    "i": "check your inventory",
+    "inv": "check your inventory",
+    "inventory": "check your inventory",
+    "z": "wait",
+}
+VERB_SHORTCUTS = {"x": "examine", "g": "get"}
+
+# First person -> second person. Pairs first, so "I am" never becomes "you am".
+_PAIRS = {
+    ("i", "am"): "you are",
+    ("i", "was"): "you were",
+    ("i", "wasn't"): "you weren't",
+    ("am", "i"): "are you",
+    ("was", "i"): "were you",
+    ("wasn't", "i"): "weren't you",
+}
+_WORDS = {
+    "i": "you",
+    "me": "you",
+    "my": "your",
+    "mine": "yours",
+    "myself": "yourself",
+    "i'm": "you're",
+    "i've": "you've",
+    "i'd": "you'd",
+    "i'll": "you'll",
+    "im": "you're",
+    "ive": "you've",
+}
+_TOKEN = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?|[^A-Za-z]+")
+_QUOTED = re.compile(r"(\"[^\"]*\"?|“[^”]*”?)")
+_END_PUNCT = tuple(".!?…")
+
+
+@dataclass(frozen=True)
+class Action:
+    """What a turn sends the model: the rendered action text and its mode."""
+
+    text: str
+    mode: Mode
+    notice: str | None = None
+    """Something the player should know (their input was cut, say)."""
+
+
+def _match_case(word: str, replacement: str, sentence_start: bool) -> str:
+    if sentence_start:
+        return replacement[0].upper() + replacement[1:]
+    if word.isupper() and len(word) > 1:
+        return replacement.upper()
+    if word[0].isupper() and word.lower() != "i" and not word.lower().startswith("i'"):
+        return replacement[0].upper() + replacement[1:]
+    return replacement
+
+
+def second_person(text: str) -> str:
+    """Turn first-person words outside quotes into second person; quoted text is left alone."""
+    parts = _QUOTED.split(text)
+    out = []
+    for k, part in enumerate(parts):
+        if k % 2 == 1:  # inside quotes
+            out.append(part)
+            continue
+        out.append(_convert_segment(part, at_start=(k == 0)))
+    return "".join(out)
+
+
+def _convert_segment(segment: str, at_start: bool) -> str:
+    normal = segment.replace("’", "'")
+    tokens = _TOKEN.findall(normal)
+    result: list[str] = []
+    sentence_start = at_start
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if not tok[0].isalpha():
+            result.append(tok)
+            if re.search(r"[.!?]\s*$", tok):
+                sentence_start = True
+            i += 1
+            continue
+        low = tok.lower()
+        # A pair across one space ("I am", "am I").
+        if i + 2 < len(tokens) and tokens[i + 1] == " ":
+            pair = _PAIRS.get((low, tokens[i + 2].lower()))
+            if pair:
+                result.append(_match_case(tok, pair, sentence_start))
+                sentence_start = False
+                i += 3
+                continue
+        repl = _WORDS.get(low)
+        if repl and (low != "im" or tok == "Im" or tok == "im"):
+            result.append(_match_case(tok, repl, sentence_start))
+        else:
+            result.append(tok)
+        sentence_start = False
+        i += 1
+    converted = "".join(result)
+    if "’" in segment:
+        converted = converted.replace("'", "’")
+    return converted
+
+
+def _bound(text: str) -> tuple[str, str | None]:
+    if len(text) <= MAX_INPUT_CHARS:
+        return text, None
+    cut = text[:MAX_INPUT_CHARS]
+    space = cut.rfind(" ")
+    if space > MAX_INPUT_CHARS // 2:
+        cut = cut[:space]
+    return cut, f"Your input was {len(text):,} characters; only the first {len(cut):,} were used."
+
+
+def _end_punctuation(text: str) -> str:
+    stripped = text.rstrip()
+    if not stripped:
+        return stripped
+    if stripped.endswith(_END_PUNCT):
+        return stripped
+    if stripped[-1] in "\"”'’)" and len(stripped) > 1 and stripped[-2] in ".!?…,":
+        return stripped
+    return stripped + "."
+
+
+def _do(text: str) -> str:
+    low = text.lower()
+    if low in SHORTCUTS:
+        text = SHORTCUTS[low]
+    else:
+        first, _, rest = text.partition(" ")
+        if first.lower() in VERB_SHORTCUTS and rest:
+            text = f"{VERB_SHORTCUTS[first.lower()]} {rest}"
+    text = second_person(text)
+    # "You you open the door": players type "you" themselves; keep one.
+    text = re.sub(r"^(you)(\s+you\b)+", r"\1", text, flags=re.IGNORECASE)
+    if re.match(r"(are|were|weren't) you\b", text, re.IGNORECASE):
+        # "Am I dead" -> "Are you dead?": a question about yourself, not an action.
+        text = text[0].upper() + text[1:]
+        return text if text.endswith(_END_PUNCT) else text.rstrip(".") + "?"
+    if re.match(r"you\b", text, re.IGNORECASE):
+        text = "You" + text[3:]
+    elif re.match(r"your\b", text, re.IGNORECASE):
+        text = "Your" + text[4:]
+    else:
+        first = text.split(" ", 1)[0]
+        keep_case = first.isupper() and len(first) > 1  # an acronym: "TV", "NPC"
+        text = "You " + (text if keep_case else text[0].lower() + text[1:])
+    return _end_punctuation(text)
+
+
+def _say(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] in '"“' and text[-1] in '"”':
+        text = text[1:-1].strip()
+    elif text[:1] in '"“':
+        text = text[1:].strip()
+    if not text:
+        return ""
+    text = text[0].upper() + text[1:]
+    if not text.endswith((*_END_PUNCT, ",")):
+        text += "."
+    return f'You say "{text}"'
+
+
+def make_action(raw: str, mode: Mode = "do") -> Action:
+    """Turn what the player typed into the action text the model sees.
+
+    Empty (or whitespace-only) input is a *continue* turn. Input over MAX_INPUT_CHARS is cut at
+    a word with a notice. Control characters and escape sequences are removed.
+    """
+    if mode not in ("do", "say", "story", "continue"):
+        raise ValueError(f"unknown mode {mode!r}; use do, say or story")
+    text = " ".join(sanitize(raw).split())
+    text, notice = _bound(text)
+    if not text or mode == "continue":
+        return Action("", "continue", notice)
+    if mode == "do":
+        low = text.lower()
+        if low.startswith("say "):
+            return Action(_say(text[4:]), "say", notice)
+        if text[0] in '"“':
+            return Action(_say(text), "say", notice)
+        return Action(_do(text), "do", notice)
+    if mode == "say":
+        said = _say(text)
+        return Action(said, "say", notice) if said else Action("", "continue", notice)
+    return Action(text, "story", notice)

@@ -1,0 +1,249 @@
+"""The Generator protocol every model backend implements, its settings, and a fake for tests.
+
+A backend turns a prompt into text. The Game only needs four things from it: ``generate``
+(the whole text), ``stream`` (pieces as they come), ``count_tokens`` (context budgeting) and
+its settings. ``FakeGenerator`` is deterministic and model-free: tests and examples use it.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Protocol, runtime_checkable
+
+from dungeon.format import STOP_STRINGS
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How a backend samples text. Validated on construction."""
+
+    temperature: float = 0.8
+    """Softmax temperature; 0 means greedy decoding."""
+    top_k: int = 50
+    """Keep only the k most likely tokens (0 turns it off)."""
+    top_p: float = 0.92
+    """Nucleus sampling: keep the smallest set of tokens whose probability sums to top_p."""
+    typical_p: float = 1.0
+    """Locally typical sampling mass (1.0 turns it off)."""
+    repetition_penalty: float = 1.1
+    """Divides positive logits and multiplies negative ones of recent tokens (1.0 = off)."""
+    repetition_window: int = 256
+    """How many recent tokens the repetition penalty looks at."""
+    max_new_tokens: int = 80
+    """Upper bound on the length of one response, in tokens."""
+    min_new_tokens: int = 4
+    """The end-of-text token is not allowed before this many new tokens."""
+    ban_marker: bool = False
+    """Forbid the tokens that start a player line, so the model cannot act for the player."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0.0 <= self.temperature <= 5.0:
+            problems.append(f"temperature must be between 0 and 5, got {self.temperature}")
+        if self.top_k < 0:
+            problems.append(f"top_k must be 0 (off) or more, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 < self.typical_p <= 1.0:
+            problems.append(f"typical_p must be in (0, 1], got {self.typical_p}")
+        if not 1.0 <= self.repetition_penalty <= 3.0:
+            problems.append(
+                f"repetition_penalty must be between 1.0 (off) and 3.0, got {self.repetition_penalty}"
+            )
+        if self.repetition_window < 0:
+            problems.append(f"repetition_window must be 0 or more, got {self.repetition_window}")
+        if not 1 <= self.max_new_tokens <= 4096:
+            problems.append(f"max_new_tokens must be between 1 and 4096, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            problems.append(
+                f"min_new_tokens must be between 0 and max_new_tokens ({self.max_new_tokens}), "
+                f"got {self.min_new_tokens}"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def with_value(self, key: str, raw: str) -> SamplingSettings:
+        """A copy with one setting parsed from text (for ``/set top_p 0.9``); raises ValueError."""
+        types = {f.name: f.type for f in fields(self)}
+        if key not in types:
+            raise ValueError(f"no setting {key!r}; settings are: {', '.join(types)}")
+        kind = str(types[key])
+        try:
+            if "bool" in kind:
+                low = raw.strip().lower()
+                if low not in ("on", "off", "true", "false", "yes", "no", "1", "0"):
+                    raise ValueError
+                value: object = low in ("on", "true", "yes", "1")
+            elif "int" in kind:
+                value = int(raw)
+            else:
+                value = float(raw)
+        except ValueError:
+            raise ValueError(f"{key} takes a {kind.split()[0]} value, got {raw!r}") from None
+        return replace(self, **{key: value})
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SamplingSettings:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """What the Game needs from a model backend."""
+
+    name: str
+    settings: SamplingSettings
+    context_window: int
+    """The most tokens the model can attend to (prompt plus new tokens)."""
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        seed: int,
+        settings: SamplingSettings | None = None,
+        stop: Sequence[str] = STOP_STRINGS,
+    ) -> str: ...
+
+    def stream(
+        self,
+        prompt: str,
+        *,
+        seed: int,
+        settings: SamplingSettings | None = None,
+        stop: Sequence[str] = STOP_STRINGS,
+    ) -> Iterator[str]: ...
+
+
+class StopHoldback:
+    """Feeds text pieces through and holds back any tail that might start a stop string.
+
+    ``push`` returns the text that is safe to show now; ``stopped`` turns True once a stop
+    string is complete (the text before it has then been released, the stop itself never).
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = tuple(s for s in stops if s)
+        self.buffer = ""
+        self.stopped = False
+
+    def push(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        self.buffer += piece
+        hits = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            out, self.buffer = self.buffer[: min(hits)], ""
+            return out
+        keep = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.buffer)), 0, -1):
+                if self.buffer.endswith(s[:n]):
+                    keep = max(keep, n)
+                    break
+        cut = len(self.buffer) - keep
+        out, self.buffer = self.buffer[:cut], self.buffer[cut:]
+        return out
+
+    def flush(self) -> str:
+        """The held-back tail at the end of generation (it never became a stop string)."""
+        out, self.buffer = ("" if self.stopped else self.buffer), ""
+        return out
+
+
+_FAKE_SENTENCES = (
+    "The torchlight flickers across the damp stone walls.",
+    "Somewhere far below, water drips into a hidden pool.",
+    "A cold wind carries the smell of smoke and old iron.",
+    "The old man watches you with narrowed, thoughtful eyes.",
+    "Nothing happens for a long moment.",
+    "A door creaks open at the end of the corridor.",
+    "You hear footsteps, slow and heavy, coming closer.",
+    "The floor is scattered with broken pottery and dry leaves.",
+    "A raven lands on the windowsill and tilts its head at you.",
+    'The guard shrugs. "Not my problem," she says.',
+    "Your lantern sputters but stays lit.",
+    "The map shows a path you have not noticed before.",
+)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+|[^\w\s]|\s+", text)
+
+
+class FakeGenerator:
+    """A deterministic, model-free generator for tests and examples.
+
+    Without a script, each response is two or three sentences chosen by a RNG seeded from the
+    seed and the prompt, so the same seed and story give the same text. With ``script``, it
+    returns those texts in order (then cycles), which lets tests stage loops, player markers,
+    escape sequences and the like. Tokens are words, punctuation marks and runs of spaces.
+    """
+
+    def __init__(
+        self,
+        script: Sequence[str] | None = None,
+        *,
+        settings: SamplingSettings | None = None,
+        context_window: int = 2048,
+        name: str = "fake",
+    ):
+        self.script = list(script) if script else None
+        self.calls = 0
+        self.prompts: list[str] = []
+        self.settings = settings or SamplingSettings()
+        self.context_window = context_window
+        self.name = name
+
+    def count_tokens(self, text: str) -> int:
+        return len(_words(text))
+
+    def _raw(self, prompt: str, seed: int) -> str:
+        self.prompts.append(prompt)
+        self.calls += 1
+        if self.script is not None:
+            return self.script[(self.calls - 1) % len(self.script)]
+        rng = random.Random(seed * 1_000_003 + zlib.crc32(prompt.encode()))
+        return " ".join(rng.sample(_FAKE_SENTENCES, rng.randint(2, 3)))
+
+    def stream(
+        self,
+        prompt: str,
+        *,
+        seed: int,
+        settings: SamplingSettings | None = None,
+        stop: Sequence[str] = STOP_STRINGS,
+    ) -> Iterator[str]:
+        settings = settings or self.settings
+        pieces = _words(self._raw(prompt, seed))[: settings.max_new_tokens]
+        hold = StopHoldback(stop)
+        for piece in pieces:
+            out = hold.push(piece)
+            if out:
+                yield out
+            if hold.stopped:
+                return
+        tail = hold.flush()
+        if tail:
+            yield tail
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        seed: int,
+        settings: SamplingSettings | None = None,
+        stop: Sequence[str] = STOP_STRINGS,
+    ) -> str:
+        return "".join(self.stream(prompt, seed=seed, settings=settings, stop=stop))
