@@ -59,6 +59,49 @@ _WORDS = {
     "im": "you're",
     "ive": "you've",
 }
+# Input that starts with one of these describes the world or asks a question rather than
+# naming the player's deed: "the goblin hits me" -> "The goblin hits you.", no "You" added.
+NO_SUBJECT_WORDS = frozenset(
+    [
+        "the",
+        "a",
+        "an",
+        "this",
+        "that",
+        "these",
+        "those",
+        "there",
+        "it",
+        "its",
+        "he",
+        "she",
+        "they",
+        "we",
+        "his",
+        "her",
+        "their",
+        "our",
+        "is",
+        "are",
+        "was",
+        "were",
+        "can",
+        "could",
+        "should",
+        "would",
+        "will",
+        "do",
+        "does",
+        "did",
+        "where",
+        "what",
+        "who",
+        "why",
+        "how",
+        "which",
+        "when",
+    ]
+)
 _TOKEN = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?|[^A-Za-z]+")
 _QUOTED = re.compile(r"(\"[^\"]*\"?|“[^”]*”?)")
 _END_PUNCT = tuple(".!?…")
@@ -172,6 +215,8 @@ def _do(text: str) -> str:
         text = "You" + text[3:]
     elif re.match(r"your\b", text, re.IGNORECASE):
         text = "Your" + text[4:]
+    elif text.split(" ", 1)[0].lower() in NO_SUBJECT_WORDS:
+        text = text[0].upper() + text[1:]
     else:
         first = text.split(" ", 1)[0]
         keep_case = first.isupper() and len(first) > 1  # an acronym: "TV", "NPC"

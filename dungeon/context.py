@@ -95,7 +95,7 @@ def active_world_entries(world: Sequence[WorldEntry], scan_text: str) -> list[in
 
 
 def _sentences(text: str) -> list[str]:
-    return [s for s in re.split(r"(?<=[.!?…][\"'”’)]?)\s+", text) if s]
+    return [s for s in re.split(r"(?<=[.!?…\"'”’)])\s+", text) if s]
 
 
 def _assemble(

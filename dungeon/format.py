@@ -163,11 +163,15 @@ def parse_model_text(text: str, path: str = "<string>", first_line: int = 1) -> 
         while response_lines and response_lines[-1] == "":
             response_lines.pop()
         response = "\n".join(response_lines)
+        if response_lines and response_lines[0] == "":
+            problems.append(
+                f"{path}:{lineno + 1}: the response must start right after the player line"
+            )
         if action != action.strip():
             problems.append(f"{path}:{lineno}: the action has spaces at its start or end")
-        if not response.strip():
+        if not response.strip() and not (response_lines and response_lines[0] == ""):
             problems.append(f"{path}:{lineno}: this turn has no response")
-        elif "\n\n" in response:
+        elif "\n\n" in response.strip("\n"):
             blank = lineno + 1 + response_lines.index("")
             problems.append(f"{path}:{blank}: a response must not contain a blank line")
         parsed.append((action, unwrap(response)))
