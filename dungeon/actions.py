@@ -191,7 +191,8 @@ def _end_punctuation(text: str) -> str:
         return stripped
     if stripped.endswith(_END_PUNCT):
         return stripped
-    if stripped[-1] in "\"”'’)" and len(stripped) > 1 and stripped[-2] in ".!?…,":
+    core = stripped.rstrip("\"”'’)")
+    if core != stripped and core.endswith((*_END_PUNCT, ",")):
         return stripped
     return stripped + "."
 

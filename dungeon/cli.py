@@ -1,0 +1,206 @@
+"""The ``dungeon`` command (also ``python -m dungeon``).
+
+    dungeon play [--scenario NAME | --premise FILE | --load NAME] [--model M] [--seed N] ...
+    dungeon check-corpus [FOLDER]
+    dungeon eval ...            (see ``dungeon eval --help``)
+
+Configuration is read here, at the entry point, and passed down as dataclasses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from dungeon.config import DEFAULT_MODEL, ConfigError, config_file, merge, read_config
+
+
+def _play_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "play",
+        help="play an adventure in the terminal",
+        description=(
+            "Play an adventure. With no --scenario, --premise or --load, a start menu offers "
+            "to continue the last game, pick a built-in scenario or type a premise. When stdin "
+            "is not a terminal, one action or command is read per line and plain text is "
+            "printed (no menu, no colours)."
+        ),
+        epilog=(
+            f"Defaults for these options can be kept in {config_file()} (TOML, e.g. "
+            'model = "smollm2-135m", temperature = 0.7, color = false). Colours are also off '
+            "when the NO_COLOR environment variable is set. Saves, input history and the error "
+            "log live in the user data folder."
+        ),
+    )
+    g = p.add_argument_group("what to play")
+    start = g.add_mutually_exclusive_group()
+    start.add_argument(
+        "--scenario", help="a built-in scenario (fantasy, mystery, ...) or a .json file"
+    )
+    start.add_argument("--premise", type=Path, metavar="FILE", help="start from the text in FILE")
+    start.add_argument("--load", metavar="NAME", help="continue the saved game NAME")
+    g.add_argument(
+        "--seed", type=int, help="seed for the scenario and every turn (same seed, same story)"
+    )
+
+    m = p.add_argument_group("model")
+    m.add_argument(
+        "--model",
+        help=f"'{DEFAULT_MODEL}' (built-in, offline; the default), a local model folder, a hub id "
+        "such as gpt2 (needs the hub), or 'fake' (no model, for trying the interface)",
+    )
+    a = m.add_mutually_exclusive_group()
+    a.add_argument("--adapter", metavar="DIR", help="a LoRA adapter folder to apply to the model")
+    a.add_argument(
+        "--no-adapter",
+        action="store_const",
+        const="none",
+        dest="adapter",
+        help="play the raw base model, without the shipped adventure adapter",
+    )
+    m.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 or mps")
+    m.add_argument("--dtype", help="auto (default), float32, bfloat16 or float16")
+    m.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores)")
+
+    s = p.add_argument_group("sampling (also changeable in play with /set)")
+    s.add_argument("--temperature", type=float, help="randomness, 0 (greedy) to 5; default 0.8")
+    s.add_argument("--top-k", type=int, dest="top_k", help="keep the k likeliest tokens (0 = off)")
+    s.add_argument("--top-p", type=float, dest="top_p", help="nucleus sampling mass, (0, 1]")
+    s.add_argument(
+        "--typical-p", type=float, dest="typical_p", help="typical sampling mass, (0, 1]"
+    )
+    s.add_argument(
+        "--repetition-penalty", type=float, dest="repetition_penalty", help="1.0 = off; default 1.1"
+    )
+    s.add_argument(
+        "--max-new-tokens", type=int, dest="max_new_tokens", help="longest response, in tokens"
+    )
+    s.add_argument(
+        "--min-new-tokens", type=int, dest="min_new_tokens", help="shortest response, in tokens"
+    )
+    s.add_argument(
+        "--ban-marker",
+        action="store_const",
+        const=True,
+        dest="ban_marker",
+        help="forbid the model from starting a player line at all",
+    )
+    s.add_argument(
+        "--context-budget", type=int, dest="context_budget", help="prompt tokens (default 1024)"
+    )
+
+    p.add_argument(
+        "--no-color", action="store_const", const=False, dest="color", help="plain text, no colours"
+    )
+    p.add_argument("--config", type=Path, help=f"config file to read (default {config_file()})")
+    return p
+
+
+def _options(args: argparse.Namespace):
+    config = read_config(args.config) if args.config else read_config()
+    flags = {
+        k: getattr(args, k, None)
+        for k in [
+            "model",
+            "adapter",
+            "device",
+            "dtype",
+            "threads",
+            "scenario",
+            "load",
+            "seed",
+            "color",
+            "temperature",
+            "top_k",
+            "top_p",
+            "typical_p",
+            "repetition_penalty",
+            "max_new_tokens",
+            "min_new_tokens",
+            "ban_marker",
+            "context_budget",
+        ]
+    }
+    flags["premise_file"] = args.premise
+    if os.environ.get("NO_COLOR"):
+        flags["color"] = False
+    return merge(config, flags)
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    from dungeon.play import run_piped
+
+    opts = _options(args)
+    if not sys.stdin.isatty():
+        return run_piped(opts)
+    from dungeon.ui import run_interactive
+
+    return run_interactive(opts)
+
+
+def cmd_check_corpus(args: argparse.Namespace) -> int:
+    from dungeon.corpus import check_corpus
+
+    count = None
+    if not args.no_tokens:
+        try:
+            from dungeon.tiny import load_gpt2_tokenizer
+
+            tok = load_gpt2_tokenizer()
+            count = lambda text: len(tok(text).input_ids)  # noqa: E731
+        except Exception as err:  # the tokenizer is optional here
+            print(f"(no token count: {err})", file=sys.stderr)
+    report = check_corpus(args.folder, count)
+    print(report.table())
+    for problem in report.problems:
+        print(problem, file=sys.stderr)
+    if report.problems:
+        print(f"{len(report.problems)} problem(s) in {args.folder}", file=sys.stderr)
+        return 1
+    print(f"{args.folder}: {len(report.stories)} stories, all checks passed")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dungeon",
+        description="A text-adventure engine on a fine-tuned language model.",
+    )
+    from dungeon import __version__
+
+    parser.add_argument("--version", action="version", version=f"dungeon {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _play_parser(sub).set_defaults(func=cmd_play)
+    c = sub.add_parser("check-corpus", help="check a folder of story files and print statistics")
+    c.add_argument("folder", nargs="?", type=Path, default=Path("stories"))
+    c.add_argument("--no-tokens", action="store_true", help="skip the GPT-2 token count")
+    c.set_defaults(func=cmd_check_corpus)
+    try:
+        from dungeon.evaluate import add_eval_parser
+    except ImportError:
+        pass
+    else:
+        add_eval_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"dungeon: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

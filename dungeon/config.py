@@ -1,0 +1,95 @@
+"""Play options: command-line flags over the user's TOML config file over built-in defaults.
+
+The config file is ``<user config dir>/config.toml`` (``dungeon play --help`` prints where),
+for example::
+
+    model = "smollm2-135m"
+    temperature = 0.7
+    top_p = 0.9
+    max_new_tokens = 60
+    color = true
+
+It is read by the command line entry point only, never at import time.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from dungeon.generator import SamplingSettings
+from dungeon.paths import config_dir
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class PlayOptions:
+    """Everything ``dungeon play`` needs to start."""
+
+    model: str = DEFAULT_MODEL
+    """A model: the built-in 'smollm2-135m', a local folder, a hub id, or 'fake' (no model)."""
+    adapter: str | None = None
+    """A LoRA adapter folder, 'none' for the raw base; unset uses the shipped adapter if any."""
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int | None = None
+    scenario: str | None = None
+    premise_file: Path | None = None
+    load: str | None = None
+    seed: int | None = None
+    color: bool = True
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    context_budget: int = 1024
+    config_path: Path | None = None
+
+
+SAMPLING_KEYS = {f.name for f in fields(SamplingSettings)}
+TOP_KEYS = {"model", "adapter", "device", "dtype", "threads", "color", "context_budget", "scenario"}
+
+
+def config_file() -> Path:
+    return config_dir() / "config.toml"
+
+
+def read_config(path: Path | None = None) -> dict:
+    """The config file as a dict ({} when there is none); errors name the file and the key."""
+    path = path or config_file()
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the config ({err})") from None
+    unknown = sorted(set(data) - SAMPLING_KEYS - TOP_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown setting(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(SAMPLING_KEYS | TOP_KEYS))}"
+        )
+    return data
+
+
+def merge(config: dict, flags: dict) -> PlayOptions:
+    """Flags (None = not given) over config over defaults, validated."""
+    merged = {**config, **{k: v for k, v in flags.items() if v is not None}}
+    sampling = {k: merged.pop(k) for k in list(merged) if k in SAMPLING_KEYS}
+    try:
+        settings = SamplingSettings.from_dict({**SamplingSettings().to_dict(), **sampling})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+    known = {f.name for f in fields(PlayOptions)}
+    opts = PlayOptions(**{k: v for k, v in merged.items() if k in known}, sampling=settings)
+    if opts.premise_file is not None:
+        opts.premise_file = Path(opts.premise_file)
+    return opts

