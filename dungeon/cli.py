@@ -149,6 +149,7 @@ def cmd_check_corpus(args: argparse.Namespace) -> int:
             from dungeon.tiny import load_gpt2_tokenizer
 
             tok = load_gpt2_tokenizer()
+            tok.model_max_length = 10**9  # counting only: stories may exceed GPT-2's window
             count = lambda text: len(tok(text).input_ids)  # noqa: E731
         except Exception as err:  # the tokenizer is optional here
             print(f"(no token count: {err})", file=sys.stderr)

@@ -63,6 +63,11 @@ class CorpusReport:
         rows.append(
             f"{'total':<20}{len(self.stories):>8}{len(val):>8}{self.turns:>8}{self.words:>9,}"
         )
+        actions = [a for s in self.stories for a, _ in s.turns]
+        if actions:
+            speech = sum(a.startswith("You say") for a in actions) / len(actions)
+            terse = sum(len(a.split()) <= 4 for a in actions) / len(actions)
+            rows.append(f"actions: {speech:.0%} speech, {terse:.0%} terse (4 words or fewer)")
         if self.tokens is not None:
             rows.append(f"GPT-2 tokens: {self.tokens:,}")
         return "\n".join(rows)
