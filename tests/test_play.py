@@ -53,7 +53,9 @@ def test_registry_prefixes_aliases_and_suggestions():
 def test_piped_session_plays_and_saves(premise):
     rc, out, err = play("look around\n/save test\n/quit\n", premise_file=premise, seed=7)
     assert rc == 0
-    assert out.startswith("You stand at the edge of a dark forest with a lantern.\n\n> You look around.\n")
+    assert out.startswith(
+        "You stand at the edge of a dark forest with a lantern.\n\n> You look around.\n"
+    )
     assert "\x1b" not in out  # plain text: no colours
     data = saves.load(data_dir() / "saves" / "test.json")
     assert data.story.turns[0].action == "You look around."
@@ -62,12 +64,20 @@ def test_piped_session_plays_and_saves(premise):
 
 def test_same_seed_and_input_give_the_same_output(premise):
     script = "look around\nsay who is there\n\n/retry\nopen the door\n"
-    assert play(script, premise_file=premise, seed=3)[1] == play(script, premise_file=premise, seed=3)[1]
-    assert play(script, premise_file=premise, seed=3)[1] != play(script, premise_file=premise, seed=4)[1]
+    assert (
+        play(script, premise_file=premise, seed=3)[1]
+        == play(script, premise_file=premise, seed=3)[1]
+    )
+    assert (
+        play(script, premise_file=premise, seed=3)[1]
+        != play(script, premise_file=premise, seed=4)[1]
+    )
 
 
 def test_errors_are_reported_and_the_game_goes_on(premise):
-    rc, out, err = play("/frobnicate\n/undo\n/forget 3\n/set top_p 7\nwait\n", premise_file=premise, seed=1)
+    rc, out, err = play(
+        "/frobnicate\n/undo\n/forget 3\n/set top_p 7\nwait\n", premise_file=premise, seed=1
+    )
     assert rc == 0
     assert "unknown command /frobnicate; type /help" in err
     assert "nothing to undo" in err and "no memory entry 3" in err and "top_p must be in" in err
@@ -109,7 +119,18 @@ def test_config_file_and_flags(tmp_path):
 def test_python_dash_m_dungeon_plays_from_a_pipe(premise, tmp_path):
     env = {"DUNGEON_DATA_DIR": str(tmp_path / "d"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "dungeon", "play", "--model", "fake", "--premise", str(premise), "--seed", "2"],
+        [
+            sys.executable,
+            "-m",
+            "dungeon",
+            "play",
+            "--model",
+            "fake",
+            "--premise",
+            str(premise),
+            "--seed",
+            "2",
+        ],
         input="look around\n/quit\n",
         capture_output=True,
         text=True,
@@ -129,5 +150,7 @@ def test_cli_help_and_no_command(capsys):
 
 def test_importing_dungeon_is_light():
     code = "import sys, dungeon; print('torch' in sys.modules, 'transformers' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
     assert result.stdout.strip() == "False False"
