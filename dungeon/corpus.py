@@ -27,7 +27,7 @@ VALIDATION_FILE = "validation.txt"
 MIN_VALIDATION_SHARE = 0.10
 
 _QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”")
-_FIRST_PERSON = re.compile(r"\b(I|me|my|myself|I'm|I've|I'd|I'll)\b")
+_FIRST_PERSON = re.compile(r"\b(I|I'm|I've|I'd|I'll|(?i:me|my|mine|myself))\b")
 _SECOND_PERSON = re.compile(r"\b(you|your|yours|yourself)\b", re.IGNORECASE)
 
 
@@ -73,7 +73,7 @@ class CorpusReport:
         return "\n".join(rows)
 
 
-def _outside_quotes(text: str) -> str:
+def narration_only(text: str) -> str:
     """Narration only: drop quoted speech, and writing introduced by a colon ("reads: ...")."""
     return re.sub(r":\s+[A-Z].*", " ", _QUOTED.sub(" ", text))
 
@@ -102,14 +102,18 @@ def check_story(story: StoryFile) -> list[str]:
             p.append(f"{where}: turn {n}: the response decides the player's next action")
         # Narration slipping into the first person. Signs and letters quoted without quote
         # marks ("The note reads: I was here.") are fine, so one stray "I" is not a slip.
-        narration = _outside_quotes(response)
-        first = len(_FIRST_PERSON.findall(narration))
-        second = len(_SECOND_PERSON.findall(narration))
-        if first >= 2 and first > second:
+        if first_person_slip(response):
             p.append(
                 f"{where}: turn {n}: the narration is in the first person; write in the second person"
             )
     return p
+
+
+def first_person_slip(text: str) -> bool:
+    """The narration (not speech, not quoted writing) is in the first person."""
+    narration = narration_only(text)
+    first = len(_FIRST_PERSON.findall(narration))
+    return first >= 2 and first > len(_SECOND_PERSON.findall(narration))
 
 
 def shingles(text: str, n: int = 5) -> set[int]:

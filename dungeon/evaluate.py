@@ -1,0 +1,291 @@
+"""``dungeon eval``: how good is a model at being a text adventure?
+
+Two measurements, for any model, adapter or base:
+
+1. Held-out perplexity of the validation stories (``stories/validation.txt``): the text is
+   exactly what play shows the model (dungeon.format), scored token by token.
+2. An automated playtest through the Game API: the scripted games shipped in
+   ``dungeon/playtests/`` (a premise and 15 player inputs each). Every turn records whether
+   the response writes a player action (impersonation), is empty, ends mid-sentence, repeats
+   a recent turn (a loop), slips out of the second person, its distinct-2 ratio and latency.
+
+    dungeon eval [--model smollm2-135m] [--adapter DIR | --no-adapter] [--seed 0]
+
+A summary table, then one JSON line. The same seed gives the same figures (latency aside).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from dungeon.cleanup import loop_score
+from dungeon.commands import parse_input
+from dungeon.corpus import first_person_slip, read_validation_list
+from dungeon.format import read_story_file
+from dungeon.game import Game, GameSettings
+from dungeon.generator import Generator
+from dungeon.story import Story
+
+LOOP_THRESHOLD = 0.6
+# The response acting for the player: a marker, or narrating the player's next choice.
+_IMPERSONATION = re.compile(
+    r"(^|\n)\s*>|\s>\s*You\b|\bYou (then )?(decide|choose|proceed) to\b|\bYou (say|ask|reply)\s*,?\s*[\"“]",
+)
+
+
+@dataclass(frozen=True)
+class Playtest:
+    name: str
+    genre: str
+    premise: str
+    inputs: list[str]
+
+
+def load_playtests(folder: Path | None = None) -> list[Playtest]:
+    """The shipped playtest scripts (or those in ``folder``), sorted by name."""
+    if folder is not None:
+        entries = [
+            (p.name, p.read_text(encoding="utf-8")) for p in sorted(Path(folder).glob("*.json"))
+        ]
+    else:
+        base = resources.files("dungeon") / "playtests"
+        entries = [
+            (e.name, e.read_text(encoding="utf-8"))
+            for e in sorted(base.iterdir(), key=lambda e: e.name)
+            if e.name.endswith(".json")
+        ]
+    tests = []
+    for name, text in entries:
+        data = json.loads(text)
+        tests.append(
+            Playtest(data["name"], data.get("genre", ""), data["premise"], list(data["inputs"]))
+        )
+    return tests
+
+
+# --- per-turn measures (pure) ----------------------------------------------------------------
+
+
+def impersonates(text: str) -> bool:
+    return bool(_IMPERSONATION.search(text))
+
+
+def incomplete(text: str) -> bool:
+    stripped = text.rstrip()
+    return bool(stripped) and not re.search(r"[.!?…][\"'”’)\]]*$", stripped)
+
+
+def second_person_slip(text: str) -> bool:
+    return first_person_slip(text)
+
+
+def distinct_2(text: str) -> float:
+    words = re.findall(r"\w+", text.lower())
+    pairs = list(zip(words, words[1:]))
+    return len(set(pairs)) / len(pairs) if pairs else 0.0
+
+
+@dataclass
+class TurnRecord:
+    playtest: str
+    index: int
+    input: str
+    response: str
+    impersonation: bool
+    empty: bool
+    incomplete: bool
+    loop: bool
+    slip: bool
+    distinct2: float
+    seconds: float
+
+
+@dataclass
+class PlaytestResult:
+    turns: list[TurnRecord] = field(default_factory=list)
+    crashes: list[str] = field(default_factory=list)
+
+    def rate(self, attr: str) -> float:
+        return sum(getattr(t, attr) for t in self.turns) / len(self.turns) if self.turns else 0.0
+
+    def summary(self) -> dict:
+        secs = [t.seconds for t in self.turns]
+        return {
+            "turns": len(self.turns),
+            "crashes": len(self.crashes),
+            "impersonation_rate": round(self.rate("impersonation"), 4),
+            "empty_rate": round(self.rate("empty"), 4),
+            "loop_rate": round(self.rate("loop"), 4),
+            "incomplete_rate": round(self.rate("incomplete"), 4),
+            "second_person_slip_rate": round(self.rate("slip"), 4),
+            "distinct_2": round(statistics.fmean(t.distinct2 for t in self.turns), 4)
+            if self.turns
+            else 0.0,
+            "median_turn_s": round(statistics.median(secs), 3) if secs else 0.0,
+        }
+
+
+def run_playtests(
+    generator: Generator,
+    playtests: list[Playtest],
+    *,
+    seed: int = 0,
+    settings: GameSettings | None = None,
+    progress=None,
+) -> PlaytestResult:
+    """Play every script through the Game API and record each turn."""
+    result = PlaytestResult()
+    for k, test in enumerate(playtests):
+        game = Game(generator, Story(premise=test.premise, seed=seed * 1000 + k), settings)
+        for i, raw in enumerate(test.inputs):
+            parsed = parse_input(raw)
+            mode = parsed.name if parsed.kind == "action" else "do"
+            recent = [t.response for t in game.story.turns[-4:]]
+            started = time.perf_counter()
+            try:
+                turn = game.act(parsed.text, mode)  # type: ignore[arg-type]
+            except Exception as err:  # a crash is a finding, not the end of the eval
+                result.crashes.append(f"{test.name} turn {i + 1}: {type(err).__name__}: {err}")
+                continue
+            seconds = time.perf_counter() - started
+            text = turn.response
+            result.turns.append(
+                TurnRecord(
+                    test.name,
+                    i + 1,
+                    raw,
+                    text,
+                    impersonation=impersonates(text),
+                    empty=not text.strip(),
+                    incomplete=incomplete(text),
+                    loop=loop_score(text, recent) >= LOOP_THRESHOLD,
+                    slip=second_person_slip(text),
+                    distinct2=distinct_2(text),
+                    seconds=seconds,
+                )
+            )
+            if progress:
+                progress(f"{test.name} {i + 1}/{len(test.inputs)}")
+    return result
+
+
+# --- perplexity ------------------------------------------------------------------------------
+
+
+def validation_texts(stories: Path) -> list[str]:
+    names = read_validation_list(stories)
+    if not names:
+        raise ValueError(f"{stories}/validation.txt lists no stories")
+    return [read_story_file(stories / n).model_text() for n in names]
+
+
+def perplexity(
+    model, tokenizer, texts: list[str], *, window: int = 1024, stride: int = 512
+) -> float:
+    """Token-weighted perplexity of ``texts`` (each followed by EOS), with a sliding window
+    for texts longer than ``window`` tokens (each token is scored once, with up to
+    ``window - stride`` tokens of context carried over)."""
+    import torch
+
+    device = next(model.parameters()).device
+    total_nll, total_tokens = 0.0, 0
+    eos = tokenizer.eos_token or ""
+    with torch.inference_mode():
+        for text in texts:
+            ids = tokenizer(text + eos, return_tensors="pt").input_ids[0]
+            scored_upto = 1  # the first token has no context to be predicted from
+            start = 0
+            while scored_upto < len(ids):
+                end = min(start + window, len(ids))
+                chunk = ids[start:end].unsqueeze(0).to(device)
+                logits = model(chunk).logits.float()[0, :-1]
+                targets = chunk[0, 1:]
+                nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+                first_new = scored_upto - start - 1  # position in nll of the first unscored token
+                new = nll[max(0, first_new) :]
+                total_nll += float(new.sum())
+                total_tokens += int(new.numel())
+                scored_upto = end
+                if end == len(ids):
+                    break
+                start = end - (window - stride)
+    return math.exp(total_nll / total_tokens)
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="measure a model: held-out perplexity and a scripted playtest")
+    p.add_argument(
+        "--model", default="smollm2-135m", help="model (built-in name, folder or hub id)"
+    )
+    a = p.add_mutually_exclusive_group()
+    a.add_argument("--adapter", help="LoRA adapter folder")
+    a.add_argument(
+        "--no-adapter", action="store_const", const="none", dest="adapter", help="the raw base"
+    )
+    p.add_argument(
+        "--stories", type=Path, default=Path("stories"), help="corpus with validation.txt"
+    )
+    p.add_argument("--playtests", type=Path, help="folder of playtest scripts (default: shipped)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="play only the first N scripts (smoke runs)")
+    p.add_argument("--no-perplexity", action="store_true")
+    p.add_argument("--no-playtest", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--report", type=Path, help="also write every turn to this JSONL file")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    from dungeon.config import PlayOptions
+    from dungeon.play import build_generator
+
+    opts = PlayOptions(model=args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
+    started = time.perf_counter()
+    generator = build_generator(opts)
+    load_s = time.perf_counter() - started
+    figures: dict = {
+        "model": getattr(generator, "name", args.model),
+        "seed": args.seed,
+        "load_s": round(load_s, 2),
+    }
+    if not args.no_perplexity:
+        model, tok = getattr(generator, "model", None), getattr(generator, "tokenizer", None)
+        if model is None or tok is None:
+            print("(no perplexity: this generator exposes no model)", file=sys.stderr)
+            figures["perplexity"] = None
+        else:
+            figures["perplexity"] = round(perplexity(model, tok, validation_texts(args.stories)), 3)
+    if not args.no_playtest:
+        tests = load_playtests(args.playtests)[: args.limit]
+        result = run_playtests(
+            generator,
+            tests,
+            seed=args.seed,
+            progress=lambda s: print(f"\r{s:<40}", end="", file=sys.stderr),
+        )
+        print(file=sys.stderr)
+        figures.update(result.summary())
+        if args.report:
+            with open(args.report, "w", encoding="utf-8") as f:
+                for t in result.turns:
+                    f.write(json.dumps(asdict(t), ensure_ascii=False) + "\n")
+        for crash in result.crashes:
+            print(f"crash: {crash}", file=sys.stderr)
+    print(f"{'measure':<26}{'value':>12}")
+    for k, v in figures.items():
+        if k not in ("model",):
+            print(f"{k:<26}{v!s:>12}")
+    print(json.dumps(figures))
+    return 0
