@@ -64,10 +64,13 @@ def load_playtests(folder: Path | None = None) -> list[Playtest]:
         ]
     tests = []
     for name, text in entries:
-        data = json.loads(text)
-        tests.append(
-            Playtest(data["name"], data.get("genre", ""), data["premise"], list(data["inputs"]))
-        )
+        try:
+            data = json.loads(text)
+            tests.append(
+                Playtest(data["name"], data.get("genre", ""), data["premise"], list(data["inputs"]))
+            )
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"playtest {name}: not a playtest script ({err})") from None
     return tests
 
 
