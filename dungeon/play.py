@@ -8,6 +8,7 @@ plain text out, so ``printf 'look around\\n/save test\\n' | dungeon play --scena
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import sys
@@ -45,6 +46,9 @@ def build_generator(opts: PlayOptions, progress=None) -> Generator:
         adapter = None
     elif adapter is None:
         adapter = models.default_adapter(opts.model)
+    extra = {}
+    if progress is not None and "progress" in inspect.signature(models.load_generator).parameters:
+        extra["progress"] = progress  # the loader may or may not report its steps
     return models.load_generator(
         opts.model,
         adapter=adapter,
@@ -52,7 +56,7 @@ def build_generator(opts: PlayOptions, progress=None) -> Generator:
         dtype=opts.dtype,
         threads=opts.threads,
         settings=opts.sampling,
-        progress=progress,
+        **extra,
     )
 
 
@@ -163,7 +167,8 @@ def run_piped(
 
     def restart(s: Session, scenario: str) -> None:
         seed = random.SystemRandom().randrange(2**31) if opts.seed is None else opts.seed
-        s.replace_story(find_scenario(scenario or opts.scenario or "fantasy").start(seed))
+        chosen = find_scenario(scenario or opts.scenario or "fantasy", user_scenario_dirs())
+        s.replace_story(chosen.start(seed))
         s.slot = AUTOSAVE
         s.out.story(s.game.story.premise)
 

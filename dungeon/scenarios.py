@@ -153,22 +153,38 @@ def builtin_scenarios() -> dict[str, Scenario]:
     folder = resources.files("dungeon") / "scenarios"
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".json"):
-            data = json.loads(entry.read_text(encoding="utf-8"))
-            sc = parse_scenario(data, f"dungeon/scenarios/{entry.name}")
+            source = f"dungeon/scenarios/{entry.name}"
+            try:
+                data = json.loads(entry.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise ScenarioError(f"{source}: cannot read the scenario ({err})") from None
+            sc = parse_scenario(data, source)
             found[sc.name] = sc
     return found
 
 
 def find_scenario(name: str, extra_dirs: list[Path] | None = None) -> Scenario:
-    """A scenario by name (built-in or in ``extra_dirs``) or by the path of a JSON file."""
+    """A scenario by name (built-in or in ``extra_dirs``) or by the path of a JSON file.
+
+    A broken file in ``extra_dirs`` only matters when nothing else answers to ``name``: then
+    its error is reported with the list of choices.
+    """
     path = Path(name)
     if path.suffix == ".json" and path.exists():
         return load_scenario_file(path)
     every = builtin_scenarios()
+    broken: list[str] = []
     for d in extra_dirs or []:
         for p in sorted(Path(d).glob("*.json")):
-            sc = load_scenario_file(p)
+            try:
+                sc = load_scenario_file(p)
+            except ScenarioError as err:
+                broken.append(str(err))
+                continue
             every[sc.name] = sc
     if name in every:
         return every[name]
-    raise ScenarioError(f"no scenario named {name!r}; choose one of: {', '.join(sorted(every))}")
+    message = f"no scenario named {name!r}; choose one of: {', '.join(sorted(every))}"
+    if broken:
+        message += "; these files could not be read: " + " | ".join(broken)
+    raise ScenarioError(message)
