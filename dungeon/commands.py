@@ -121,7 +121,13 @@ def play_turn(session: Session, text: str, mode: str) -> None:
         session.out.system("(this response may repeat itself; /retry for another)")
 
 
-@cmd("help", "/help [COMMAND]", "List the commands, or explain one.", aliases=("h", "?"))
+@cmd(
+    "help",
+    "/help [COMMAND]",
+    "List the commands, or explain one.",
+    aliases=("h", "?"),
+    arguments=lambda s: list(REGISTRY.commands),
+)
 def _help(session: Session, args: str) -> None:
     if args:
         c = REGISTRY.find(args.lstrip("/"))
@@ -231,7 +237,12 @@ def _forget(session: Session, args: str) -> None:
     session.out.system(f"Forgot: {fact}")
 
 
-@cmd("note", "/note [TEXT|clear]", "Show or set the author's note (style and direction hints).")
+@cmd(
+    "note",
+    "/note [TEXT|clear]",
+    "Show or set the author's note (style and direction hints).",
+    arguments=lambda s: ["clear"],
+)
 def _note(session: Session, args: str) -> None:
     if not args:
         note = session.game.story.author_note
@@ -377,7 +388,18 @@ def _export(session: Session, args: str) -> None:
     session.out.system(f"Exported to {path}")
 
 
-@cmd("new", "/new [SCENARIO]", "Start a new story (the current one stays saved).")
+def _scenario_names() -> list[str]:
+    from dungeon.scenarios import builtin_scenarios
+
+    return sorted(builtin_scenarios())
+
+
+@cmd(
+    "new",
+    "/new [SCENARIO]",
+    "Start a new story (the current one stays saved).",
+    arguments=lambda s: _scenario_names(),
+)
 def _new(session: Session, args: str) -> None:
     session.autosave()
     if session.restart is None:

@@ -107,8 +107,13 @@ class Game:
         return self._commit_new(action, self._drain(gen))
 
     def stream(self, text: str, mode: Mode = "do") -> Iterator[str]:
-        """Play one turn, yielding cleaned text as it is written; commits at the end."""
-        action = self._action(text, mode)
+        """Play one turn, yielding cleaned text as it is written; commits at the end.
+
+        The action is read at once (``last_notice`` is set before the first piece).
+        """
+        return self._stream_turn(self._action(text, mode))
+
+    def _stream_turn(self, action: Action) -> Iterator[str]:
         candidate = yield from self._run(action.text, action.mode, self.story.turns, True)
         self._commit_new(action, candidate)
 
