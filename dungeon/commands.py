@@ -103,22 +103,26 @@ REGISTRY = Registry()
 cmd = REGISTRY.add
 
 
-def play_turn(session: Session, text: str, mode: str) -> None:
-    """Stream one turn to the output; Ctrl-C cancels the turn and keeps the story as it was."""
-    game = session.game
+def show_stream(session: Session, pieces, what: str = "turn") -> None:
+    """Write streamed story text; Ctrl-C cancels it and the story stays as it was."""
     try:
-        stream = game.stream(text, mode)  # type: ignore[arg-type]
-        if game.last_notice:
-            session.out.system(game.last_notice)
-        for piece in stream:
+        for piece in pieces:
             session.out.story_piece(piece)
     except KeyboardInterrupt:
         session.out.end_story()
-        session.out.system("(turn cancelled; the story is as it was)")
+        session.out.system(f"({what} cancelled; the story is as it was)")
         return
     session.out.end_story()
-    if game.last_flagged:
+    if session.game.last_flagged:
         session.out.system("(this response may repeat itself; /retry for another)")
+
+
+def play_turn(session: Session, text: str, mode: str) -> None:
+    """Play one turn to the output (the input's notice, if any, first)."""
+    stream = session.game.stream(text, mode)  # type: ignore[arg-type]
+    if session.game.last_notice:
+        session.out.system(session.game.last_notice)
+    show_stream(session, stream)
 
 
 @cmd(
@@ -176,16 +180,7 @@ def _redo(session: Session, args: str) -> None:
 
 @cmd("retry", "/retry", "Write the last response again (the old one is kept).", aliases=("r",))
 def _retry(session: Session, args: str) -> None:
-    game = session.game
-    gen = game.retry_stream()
-    try:
-        for piece in gen:
-            session.out.story_piece(piece)
-    except KeyboardInterrupt:
-        session.out.end_story()
-        session.out.system("(retry cancelled; the story is as it was)")
-        return
-    session.out.end_story()
+    show_stream(session, session.game.retry_stream(), "retry")
 
 
 @cmd("alter", "/alter [TEXT]", "Edit the last response (opens an editor without TEXT).")

@@ -35,6 +35,18 @@ class StartError(ValueError):
     """The game cannot start as asked; the message says what to do."""
 
 
+def shipped_adapter(model: str) -> str | None:
+    """The adventure adapter shipped in the package, for the built-in base it was trained on."""
+    from importlib import resources
+
+    from dungeon.config import DEFAULT_MODEL
+
+    folder = resources.files("dungeon") / "adapters" / "adventure"
+    if model == DEFAULT_MODEL and (folder / "adapter_config.json").is_file():
+        return str(folder)
+    return None
+
+
 def build_generator(opts: PlayOptions, progress=None) -> Generator:
     """The generator the options ask for. ``fake`` needs no model (for demos and tests)."""
     if opts.model == "fake":
@@ -45,7 +57,7 @@ def build_generator(opts: PlayOptions, progress=None) -> Generator:
     if adapter is not None and adapter.lower() == "none":
         adapter = None
     elif adapter is None:
-        adapter = models.default_adapter(opts.model)
+        adapter = shipped_adapter(opts.model)
     extra = {}
     if progress is not None and "progress" in inspect.signature(models.load_generator).parameters:
         extra["progress"] = progress  # the loader may or may not report its steps
