@@ -1,0 +1,470 @@
+"""TransformersGenerator: the Generator protocol over any Hugging Face causal LM.
+
+Load one with dungeon.models.load_generator. The sampling loop is our own (not
+``model.generate``) so that the key/value cache outlives a call: a turn's prompt is mostly the
+previous prompt plus the previous response, so only the tokens after the longest common
+prefix with what the cache already holds are run through the model. One turn::
+
+    ids    = tokenize(prompt)                       # the whole prompt, every turn
+    keep   = common_prefix(cache_ids, ids)          # what the cache already knows
+    cache.crop(keep); logits = model(ids[keep:])    # prefill only what is new
+    loop:  token = pick(logits, seed)               # penalties, bans, top-k/p, typical
+           text  = decode(...)                      # whole UTF-8 characters only
+           yield what cannot be the start of a stop string
+           logits = model([token])                  # one token at a time, cache grows
+
+A Ctrl-C in the middle of a forward pass leaves the cache marked unknown (``_cache_ids`` is
+None while the model runs), and the next call simply starts from an empty cache.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from dungeon.format import STOP_STRINGS
+from dungeon.generator import SamplingSettings, StopHoldback
+from dungeon.sampling import marker_token_ids, pick_token
+
+log = logging.getLogger(__name__)
+
+_COUNT_CACHE_SIZE = 4096
+
+
+@dataclass
+class GenerationStats:
+    """Timings of the last call, for benchmarks and a debug view."""
+
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    """Prompt tokens found in the cache (not run through the model again)."""
+    new_tokens: int = 0
+    ttft_s: float = 0.0
+    """From the call to the first sampled token (tokenizing and prefill included)."""
+    decode_s: float = 0.0
+    """From the first sampled token to the end."""
+    total_s: float = 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        return (
+            (self.new_tokens - 1) / self.decode_s if self.new_tokens > 1 and self.decode_s else 0.0
+        )
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two id sequences."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Detokenizer:
+    """Turns a growing list of token ids into text pieces, never splitting a UTF-8 character.
+
+    A few tokens of the prompt are decoded in front of the new ones, so tokenizers that drop a
+    leading space on the first token of a decode (SentencePiece) still give the right text.
+    Text that ends in U+FFFD (bytes of a character still to come) is held back.
+    """
+
+    def __init__(self, tokenizer, context: Sequence[int] = ()):
+        self.tokenizer = tokenizer
+        self.prefix = list(context[-4:])
+        self.prefix_text = self._decode(self.prefix) if self.prefix else ""
+        self.ids: list[int] = []
+        self.emitted = 0
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(
+            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+
+    def text(self) -> str:
+        if self.prefix:
+            full = self._decode(self.prefix + self.ids)
+            if full.startswith(self.prefix_text):
+                return full[len(self.prefix_text) :]
+        return self._decode(self.ids)
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.text()
+        if text.endswith("\ufffd") or len(text) < self.emitted:
+            return ""
+        piece, self.emitted = text[self.emitted :], len(text)
+        return piece
+
+    def flush(self) -> str:
+        """What is left at the end (a truly broken character comes out as U+FFFD)."""
+        text = self.text()
+        piece, self.emitted = text[self.emitted :], max(self.emitted, len(text))
+        return piece
+
+
+class _Holdback:
+    """StopHoldback that also sees the end of the prompt.
+
+    A prompt ends with ``"...action\n"``; a response that begins with ``">"`` or ``"\n"``
+    completes a stop string across the boundary, which a holdback fed only generated text
+    would miss (and show the player marker). The prompt's tail goes in first and is never
+    released.
+    """
+
+    def __init__(self, stops: Sequence[str], prompt: str):
+        self.inner = StopHoldback(stops)
+        # The longest end of the prompt that is a proper start of some stop string.
+        lead = ""
+        for s in self.inner.stops:
+            for n in range(min(len(s) - 1, len(prompt)), len(lead), -1):
+                if prompt.endswith(s[:n]):
+                    lead = s[:n]
+                    break
+        self.inner.buffer = lead
+        self.lead = len(lead)
+
+    @property
+    def stopped(self) -> bool:
+        return self.inner.stopped
+
+    def _drop_lead(self, out: str) -> str:
+        cut = min(self.lead, len(out))
+        self.lead -= cut
+        return out[cut:]
+
+    def push(self, piece: str) -> str:
+        return self._drop_lead(self.inner.push(piece)) if piece else ""
+
+    def flush(self) -> str:
+        return self._drop_lead(self.inner.flush())
+
+
+def _model_window(model, tokenizer) -> int:
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    value = getattr(tokenizer, "model_max_length", 0)
+    return value if 0 < value < 1_000_000 else 2048
+
+
+def _as_list(value) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value]
+
+
+def _growing_layer_class():
+    """A DynamicLayer that appends into a buffer grown by doubling.
+
+    transformers' DynamicLayer concatenates the whole cache with each new token, which
+    copies (and on CPU, allocates and faults in) every cached key and value per token: the
+    cost of a token then grows with the context. Writing into spare room makes it constant.
+    """
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:
+        return None
+
+    class GrowingLayer(DynamicLayer):
+        def lazy_initialization(self, key_states, value_states) -> None:
+            super().lazy_initialization(key_states, value_states)
+            self._k = self._v = None
+            self._n = 0
+
+        def _grow(self, need: int, like_k, like_v) -> None:
+            room = 0 if self._k is None else self._k.shape[-2]
+            if need <= room:
+                return
+            cap = max(need, 2 * room, 256)
+            k = like_k.new_empty((*like_k.shape[:-2], cap, like_k.shape[-1]))
+            v = like_v.new_empty((*like_v.shape[:-2], cap, like_v.shape[-1]))
+            if self._n:
+                k[..., : self._n, :].copy_(self._k[..., : self._n, :])
+                v[..., : self._n, :].copy_(self._v[..., : self._n, :])
+            self._k, self._v = k, v
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            need = self._n + key_states.shape[-2]
+            self._grow(need, key_states, value_states)
+            self._k[..., self._n : need, :].copy_(key_states)
+            self._v[..., self._n : need, :].copy_(value_states)
+            self._n = need
+            self.keys, self.values = self._k[..., :need, :], self._v[..., :need, :]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self._n if self.is_initialized else 0
+
+        def crop(self, tokens_to_remove: int) -> None:
+            if not self.is_initialized or tokens_to_remove == 0:
+                return
+            self._n = max(0, self._n - abs(tokens_to_remove))
+            self.keys, self.values = self._k[..., : self._n, :], self._v[..., : self._n, :]
+
+        def reset(self) -> None:
+            self.keys = self.values = self._k = self._v = None
+            self._n = 0
+            self.is_initialized = False
+
+    return GrowingLayer
+
+
+class TransformersGenerator:
+    """A Generator over a transformers causal LM, with a key/value cache kept across calls."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        name: str = "model",
+        settings: SamplingSettings | None = None,
+        context_window: int | None = None,
+        reuse_cache: bool = True,
+        grow_cache: bool = True,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.settings = settings or SamplingSettings()
+        self.context_window = context_window or _model_window(model, tokenizer)
+        self.reuse_cache = reuse_cache
+        self.device = next(model.parameters()).device
+        self.last_stats = GenerationStats()
+
+        # Generation ends at any special token: EOS, and chat markers such as <|im_end|>.
+        stops = set(_as_list(getattr(tokenizer, "eos_token_id", None)))
+        stops.update(_as_list(getattr(model.config, "eos_token_id", None)))
+        gen_config = getattr(model, "generation_config", None)
+        stops.update(_as_list(getattr(gen_config, "eos_token_id", None)))
+        stops.update(getattr(tokenizer, "all_special_ids", []) or [])
+        self.stop_token_ids = sorted(i for i in stops if i is not None and i >= 0)
+        self._stop_set = frozenset(self.stop_token_ids)
+        self._stop_tensor = torch.tensor(self.stop_token_ids, dtype=torch.long)
+        self._marker_tensor: torch.Tensor | None = None
+
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+        params = inspect.signature(inner.forward).parameters
+        # transformers 5 calls the cache argument ``cache``; 4.x called it ``past_key_values``.
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._keep_arg = next(
+            (p for p in ("logits_to_keep", "num_logits_to_keep") if p in params), None
+        )
+        self._growing = _growing_layer_class() if grow_cache else None
+        self._cache = None
+        self._cache_ids: list[int] | None = []
+        self._vocab: list[str] | None = None
+        self._stop_tables: dict[tuple[str, ...], tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+        self._counts: OrderedDict[str, int] = OrderedDict()
+
+    # --- tokens ---------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def count_tokens(self, text: str) -> int:
+        # The context builder counts the same turns every turn: remember recent answers.
+        n = self._counts.get(text)
+        if n is None:
+            n = len(self.encode(text))
+            self._counts[text] = n
+            if len(self._counts) > _COUNT_CACHE_SIZE:
+                self._counts.popitem(last=False)
+        else:
+            self._counts.move_to_end(text)
+        return n
+
+    def vocab_texts(self) -> list[str]:
+        """The text of every token on its own (decoded once, on first use)."""
+        if self._vocab is None:
+            decode = self.tokenizer.decode
+            self._vocab = [
+                decode([i], clean_up_tokenization_spaces=False) for i in range(len(self.tokenizer))
+            ]
+        return self._vocab
+
+    @property
+    def marker_ids(self) -> torch.Tensor:
+        """Tokens that would start a player line (computed once from the whole vocabulary)."""
+        if self._marker_tensor is None:
+            ids = marker_token_ids(self.vocab_texts())
+            self._marker_tensor = torch.tensor(ids, dtype=torch.long)
+        return self._marker_tensor
+
+    def _stop_table(self, stops: tuple[str, ...]):
+        """For ``stops``: tokens that contain one, and tokens that start with each proper tail."""
+        table = self._stop_tables.get(stops)
+        if table is None:
+            texts = self.vocab_texts()
+            contains = [i for i, t in enumerate(texts) if any(s in t for s in stops)]
+            tails = {s[j:] for s in stops for j in range(1, len(s))}
+            starts = {
+                tail: torch.tensor(
+                    [i for i, t in enumerate(texts) if t.startswith(tail)], dtype=torch.long
+                )
+                for tail in tails
+            }
+            table = self._stop_tables[stops] = (torch.tensor(contains, dtype=torch.long), starts)
+        return table
+
+    def _early_bans(self, text: str, stops: tuple[str, ...]) -> torch.Tensor:
+        """Before min_new_tokens: end-of-text tokens, and tokens that would complete a stop
+        string after ``text`` (the end of the prompt and what was generated so far)."""
+        parts = [self._stop_tensor]
+        if stops:
+            contains, starts = self._stop_table(stops)
+            parts.append(contains)
+            for s in stops:
+                for j in range(1, len(s)):
+                    if text.endswith(s[:j]):
+                        parts.append(starts[s[j:]])
+        return torch.cat(parts)
+
+    # --- the cache ------------------------------------------------------------------------
+    def reset_cache(self) -> None:
+        """Forget the key/value cache (the next call prefills the whole prompt)."""
+        self._cache, self._cache_ids = None, []
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        try:
+            cache = DynamicCache(config=self.model.config)
+        except TypeError:  # transformers 4.x
+            return DynamicCache()
+        layers = getattr(cache, "layers", None)
+        if (
+            self._growing is not None
+            and layers
+            and all(type(x) is self._growing.__base__ for x in layers)
+        ):
+            cache.layers = [self._growing() for _ in layers]
+        return cache
+
+    def _forward(self, ids: list[int]) -> torch.Tensor:
+        """Run ``ids`` through the model after what the cache holds; the last logits, on CPU."""
+        held, self._cache_ids = self._cache_ids, None  # unknown until the forward completes
+        kwargs = {self._cache_arg: self._cache, "use_cache": True}
+        if self._keep_arg:
+            kwargs[self._keep_arg] = 1  # only the last position needs the LM head
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=input_ids, **kwargs)
+        assert held is not None
+        self._cache_ids = held + ids
+        return out.logits[0, -1].float().cpu()
+
+    def _prefill(self, ids: list[int]) -> tuple[torch.Tensor, int]:
+        """Bring the cache to ``ids`` and return the next-token logits and the reused count."""
+        keep = 0
+        held = self._cache_ids
+        if self.reuse_cache and self._cache is not None and held:
+            # At least one token must run to get logits, so never keep the whole prompt.
+            keep = min(common_prefix(held, ids), len(ids) - 1)
+            try:
+                if self._cache.get_seq_length() != len(held):
+                    keep = 0
+                elif keep < len(held):
+                    self._cache.crop(-(len(held) - keep))  # negative: how many to remove
+            except (RuntimeError, ValueError) as err:  # e.g. a sliding-window cache
+                log.debug("cache crop failed (%s); prefilling from scratch", err)
+                keep = 0
+        if keep == 0:
+            self._cache, self._cache_ids = self._new_cache(), []
+        else:
+            self._cache_ids = held[:keep]
+        return self._forward(ids[keep:]), keep
+
+    # --- generation -----------------------------------------------------------------------
+    def _prompt_ids(self, prompt: str, settings: SamplingSettings) -> list[int]:
+        ids = self.encode(prompt)
+        if not ids:
+            start = self.tokenizer.bos_token_id
+            ids = [start if start is not None else self.stop_token_ids[0]]
+        room = self.context_window - settings.max_new_tokens
+        if len(ids) > room:
+            log.warning("prompt of %d tokens cut to the last %d", len(ids), room)
+            ids = ids[-room:]
+        return ids
+
+    def stream(
+        self,
+        prompt: str,
+        *,
+        seed: int,
+        settings: SamplingSettings | None = None,
+        stop: Sequence[str] = STOP_STRINGS,
+    ) -> Iterator[str]:
+        """Yield the response to ``prompt`` piece by piece; stop strings never come out."""
+        settings = settings or self.settings
+        started = time.perf_counter()
+        stats = self.last_stats = GenerationStats()
+        ids = self._prompt_ids(prompt, settings)
+        stats.prompt_tokens = len(ids)
+        with torch.inference_mode():
+            logits, stats.reused_tokens = self._prefill(ids)
+        rng = torch.Generator().manual_seed(int(seed))
+        window = settings.repetition_window
+        recent: deque[int] = deque(ids[-window:] if window else (), maxlen=window or 1)
+        marker = self.marker_ids if settings.ban_marker else None
+        stops = tuple(s for s in stop if s)
+        hold = _Holdback(stops, prompt)
+        detok = Detokenizer(self.tokenizer, ids)
+        longest = max((len(s) for s in stops), default=1)
+        tail = prompt[-longest:]  # enough text to tell whether a token would end the turn
+        first_token_at = None
+        for step in range(settings.max_new_tokens):
+            if step < settings.min_new_tokens:
+                banned = self._early_bans(tail, stops)
+                if marker is not None:
+                    banned = torch.cat([banned, marker])
+            else:
+                banned = marker
+            with torch.inference_mode():
+                token = pick_token(
+                    logits, settings, rng, recent=recent if window else (), banned=banned
+                )
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+                stats.ttft_s = first_token_at - started
+            if token in self._stop_set:
+                break
+            stats.new_tokens += 1
+            recent.append(token)
+            text = detok.push(token)
+            tail = (tail + text)[-longest:]
+            piece = hold.push(text)
+            if piece:
+                yield piece
+            if hold.stopped or step + 1 == settings.max_new_tokens:
+                break
+            with torch.inference_mode():
+                logits = self._forward([token])
+        piece = hold.push(detok.flush()) + hold.flush()
+        if piece:
+            yield piece
+        ended = time.perf_counter()
+        stats.total_s = ended - started
+        stats.decode_s = ended - first_token_at if first_token_at else 0.0
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        seed: int,
+        settings: SamplingSettings | None = None,
+        stop: Sequence[str] = STOP_STRINGS,
+    ) -> str:
+        """The whole response to ``prompt`` (the same text ``stream`` yields, joined)."""
+        return "".join(self.stream(prompt, seed=seed, settings=settings, stop=stop))

@@ -1,0 +1,356 @@
+#!/usr/bin/env python
+"""Training throughput of scripts/finetune.py against transformers' Trainer and a bare loop.
+
+    python scripts/bench_finetune.py --tiny              # a quick check on a tiny random GPT-2
+    python scripts/bench_finetune.py                     # smollm2-135m, LoRA, 4 x 256 tokens
+    python scripts/bench_finetune.py --precision bf16    # bf16 autocast (slow on CPUs without it)
+    python scripts/bench_finetune.py --full --precision bf16 --compile --steps 20   # on a GPU
+
+Three sides train the same model on the same packed blocks (stories/, no held-out split) with
+the same batch, precision, optimizer (AdamW, fused where torch has it), schedule and gradient
+clipping:
+
+- ``script``: scripts/finetune.py itself, as a user runs it (no evaluation or checkpoints);
+- ``trainer``: transformers' ``Trainer``;
+- ``bare_loop``: a plain PyTorch loop (autocast, backward, clip, step), the floor on overhead.
+
+Each side runs in its own process, so its peak memory is its own (CUDA: max allocated; CPU:
+max resident set size). Tokens/s counts the block tokens of every step after the first (the
+first warms up: allocation, compilation). ``--repeats`` runs the sides in turn several times and
+reports the median, which steadies figures on a busy machine. On a GPU each side also reports
+MFU = 6 * N * tokens/s / peak FLOP/s (N: all parameters of the model).
+
+Prints a table, then one JSON line: {"script": {...}, "trainer": {...}, "bare_loop": {...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SIDES = ("script", "trainer", "bare_loop")
+LR = 1e-4
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--base", default="smollm2-135m", help="base model (name, folder or hub id)")
+    p.add_argument("--tiny", action="store_true", help="use a tiny random GPT-2 (quick check)")
+    p.add_argument("--data", default=str(ROOT / "stories"), help="corpus (any finetune.py source)")
+    p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--block-size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=4, help="timed steps (after 1 warm-up step)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    p.add_argument("--compile", action="store_true", help="torch.compile on every side")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--peak-tflops", type=float, default=None, help="for MFU on unknown GPUs")
+    p.add_argument("--repeats", type=int, default=1, help="rounds of all sides; median reported")
+    p.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of sides")
+    p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # a child process
+    p.add_argument("--json-out", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def load_finetune():
+    """scripts/finetune.py as a module: the bench shares its LoRA targets and schedule."""
+    spec = importlib.util.spec_from_file_location(
+        "finetune_script", ROOT / "scripts" / "finetune.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def resolved_precision(name: str) -> str:
+    import torch
+
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    from dungeon.models import cpu_has_fast_bf16
+
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def settings_for(args, finetune):
+    """The finetune.py Settings every side shares."""
+    return finetune.Settings(
+        data=args.data, base=args.base, full=args.full, block_size=args.block_size,
+        batch_size=args.batch_size, lr=LR, warmup_steps=1, max_steps=args.steps + 1,
+        precision=args.precision, val_list="none", val_fraction=0.0, seed=0,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )  # fmt: skip
+
+
+def peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build(args, finetune):
+    """Model (LoRA or full), packed training blocks and the schedule, as finetune.py makes them."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dungeon.corpus_data import load_corpus, tokenize_and_pack
+
+    s = settings_for(args, finetune)
+    base = finetune.resolve_base(s.base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    corpus = load_corpus(s.data, val_list="none", val_fraction=0.0)
+    blocks, _ = tokenize_and_pack(corpus, tokenizer, s.block_size)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    n_params = sum(p.numel() for p in model.parameters())
+    if s.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not s.full:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, finetune.lora_config(s, model))
+    return s, model, blocks["train"].with_format("torch"), n_params
+
+
+def run_bare_loop(args, finetune) -> dict:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from dungeon.corpus_data import EpochShuffle
+
+    s, model, blocks, n_params = build(args, finetune)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).train()
+    precision = resolved_precision(args.precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    forward = torch.compile(model) if args.compile else model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.95), fused=True)
+    total = args.steps + 1
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, finetune.warmup_cosine(1, total, 0.1))
+    loader = DataLoader(blocks, batch_size=s.batch_size, sampler=EpochShuffle(len(blocks), 0))
+    ends = []
+    for step, batch in enumerate(loader):
+        if step == total:
+            break
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = forward(**batch).loss
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        ends.append(time.perf_counter())
+    return timing(args, finetune, ends, n_params, precision, loss.item())
+
+
+def run_trainer(args, finetune) -> dict:
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    s, model, blocks, n_params = build(args, finetune)
+    precision = resolved_precision(args.precision)
+    ends = []
+
+    class StepClock(TrainerCallback):
+        def on_step_end(self, targs, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            ends.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        targs = TrainingArguments(
+            output_dir=tmp,
+            per_device_train_batch_size=s.batch_size,
+            max_steps=args.steps + 1,
+            learning_rate=LR,
+            warmup_steps=1,
+            lr_scheduler_type="cosine_with_min_lr",
+            lr_scheduler_kwargs={"min_lr_rate": 0.1},
+            adam_beta2=0.95,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            optim="adamw_torch_fused",
+            bf16=precision == "bf16",
+            fp16=precision == "fp16",
+            use_cpu=not torch.cuda.is_available(),
+            torch_compile=args.compile,
+            save_strategy="no",
+            eval_strategy="no",
+            logging_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            seed=0,
+        )
+        trainer = Trainer(model=model, args=targs, train_dataset=blocks, callbacks=[StepClock()])
+        out = trainer.train()
+    return timing(args, finetune, ends, n_params, precision, out.training_loss)
+
+
+def timing(args, finetune, ends: list[float], n_params, precision: str, loss: float) -> dict:
+    """Tokens/s over the steps after the first, from the end of one step to the end of the last."""
+    import torch
+
+    tokens = args.batch_size * args.block_size * (len(ends) - 1)
+    seconds = ends[-1] - ends[0]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peak = finetune.device_peak_flops(finetune.Settings(peak_tflops=args.peak_tflops), device)
+    return {
+        "tok_s": tokens / seconds,
+        "mfu": 6 * n_params * tokens / seconds / peak if peak else None,
+        "peak_mem_mb": peak_memory_mb(),
+        "step_s": seconds / (len(ends) - 1),
+        "steps_timed": len(ends) - 1,
+        "precision": precision,
+        "n_params": n_params,
+        "loss": loss,
+    }
+
+
+def run_script(args, workdir: Path) -> dict:
+    """scripts/finetune.py in its own process, with evaluation and checkpoints off."""
+    out = workdir / f"script-{time.monotonic_ns()}"
+    cmd = [
+        sys.executable, str(ROOT / "scripts" / "finetune.py"), "--data", args.data,
+        "--base", args.base, "--output", str(out), "--block-size", str(args.block_size),
+        "--batch-size", str(args.batch_size), "--max-steps", str(args.steps + 1),
+        "--lr", str(LR), "--warmup-steps", "1", "--precision", args.precision,
+        "--val-list", "none", "--val-fraction", "0", "--eval-every", "0", "--save-every", "0",
+        "--sample-tokens", "0", "--log-every", "1000", "--report-to", "none", "--seed", "0",
+    ]  # fmt: skip
+    cmd += ["--full"] if args.full else []
+    cmd += ["--compile"] if args.compile else []
+    cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
+    cmd += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"finetune.py failed:\n{done.stderr[-3000:]}")
+    meta = json.loads((out / "dungeon.json").read_text())
+    r = meta["results"]
+    steps = r["steps"] - 1
+    return {
+        "tok_s": r["train_tokens_per_s"],
+        "peak_mem_mb": r["peak_mem_mb"],
+        "step_s": args.batch_size * args.block_size / r["train_tokens_per_s"],
+        "steps_timed": steps,
+        "mfu": r["mfu"],
+        "precision": meta["training"]["precision"].replace("no", "fp32"),
+        "n_params": meta["training"]["parameters"],
+        "loss": r["final_train_loss"],
+    }
+
+
+def run_child(args, side: str, workdir: Path) -> dict:
+    if side == "script":
+        return run_script(args, workdir)
+    out = workdir / f"{side}-{time.monotonic_ns()}.json"
+    cmd = [sys.executable, __file__, *child_argv(args), "--side", side, "--json-out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the {side} side failed:\n{done.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def child_argv(args) -> list[str]:
+    argv = ["--base", args.base, "--data", args.data, "--batch-size", str(args.batch_size),
+            "--block-size", str(args.block_size), "--steps", str(args.steps),
+            "--precision", args.precision]  # fmt: skip
+    argv += ["--full"] if args.full else []
+    argv += ["--compile"] if args.compile else []
+    argv += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
+    argv += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
+    return argv
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.side:  # a child: run one side, write its result
+        finetune = load_finetune()
+        finetune.quiet_libraries(True)
+        result = (
+            run_bare_loop(args, finetune)
+            if args.side == "bare_loop"
+            else run_trainer(args, finetune)
+        )
+        Path(args.json_out).write_text(json.dumps(result))
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
+        workdir = Path(tmp)
+        if args.tiny:
+            from dungeon.tiny import make_tiny_gpt2
+
+            args.base = str(make_tiny_gpt2(workdir / "tiny-gpt2"))
+        sides = [x.strip() for x in args.sides.split(",") if x.strip()]
+        runs: dict[str, list[dict]] = {side: [] for side in sides}
+        for round_ in range(args.repeats):
+            for side in sides:
+                print(f"round {round_ + 1}/{args.repeats}: {side} ...", file=sys.stderr, flush=True)
+                runs[side].append(run_child(args, side, workdir))
+    summary = {}
+    for side, results in runs.items():
+        best = dict(results[0])
+        best["tok_s"] = statistics.median(r["tok_s"] for r in results)
+        best["peak_mem_mb"] = max(r["peak_mem_mb"] for r in results)
+        best["step_s"] = statistics.median(r["step_s"] for r in results)
+        best["runs_tok_s"] = [r["tok_s"] for r in results]
+        if best.get("mfu") is not None:
+            best["mfu"] = statistics.median(r["mfu"] for r in results)
+        summary[side] = best
+
+    bare = summary.get("bare_loop", {}).get("tok_s")
+    kind = "full" if args.full else "LoRA"
+    first = next(iter(summary.values()))
+    print(
+        f"\n{Path(args.base).name} {kind}, batch {args.batch_size} x {args.block_size}, "
+        f"{first['precision']}, {args.steps} timed steps x {args.repeats} round(s)"
+    )
+    print(f"{'side':<10} {'tokens/s':>10} {'vs bare':>8} {'s/step':>8} {'peak MB':>9} {'MFU':>7}")
+    for side, r in summary.items():
+        rel = f"{100 * r['tok_s'] / bare:.1f}%" if bare else "-"
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+        print(
+            f"{side:<10} {r['tok_s']:>10.1f} {rel:>8} {r['step_s']:>8.2f} "
+            f"{r['peak_mem_mb']:>9.0f} {mfu:>7}"
+        )
+    if "script" in summary and bare and "trainer" in summary:
+        ratio = summary["script"]["tok_s"] / bare
+        faster = summary["script"]["tok_s"] > summary["trainer"]["tok_s"]
+        print(
+            f"script: {100 * ratio:.1f}% of the bare loop (target >= 90%: "
+            f"{'met' if ratio >= 0.9 else 'missed'}); faster than Trainer: {'yes' if faster else 'no'}"
+        )
+    print(json.dumps(summary))
+    return 0 if all(math.isfinite(r["tok_s"]) for r in summary.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
