@@ -20,8 +20,8 @@ Sources ``load_corpus`` accepts:
 - a dataset name on the Hugging Face hub, where the hub is reachable.
 
 The training text of a story is its model text, exactly what play sends the model turn after
-turn (``StoryFile.model_text()``), followed by the tokenizer's end-of-text token. Stories are
-packed back to back into blocks of ``block_size`` tokens; the last block of a split is padded
+turn (``StoryFile.model_text()``), tokenized as play tokenizes prompts (no special tokens
+added) and followed by the tokenizer's end-of-text token. Stories are packed back to back into blocks of ``block_size`` tokens; the last block of a split is padded
 (labels -100) rather than dropped. The held-out split is always by whole story.
 
 Everything goes through ``datasets``, so tokenizing and packing are cached on disk and
@@ -78,8 +78,8 @@ def sample_prompt(text: str, max_chars: int = 1500) -> str:
 
 
 def encode_story(text: str, tokenizer) -> list[int]:
-    """Token ids of a story: the text as play would encode it, then one end-of-text token."""
-    ids = list(tokenizer(text, verbose=False)["input_ids"])
+    """Token ids of a story: the text as play encodes it (no special tokens), then end-of-text."""
+    ids = list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
     return _with_eos(ids, tokenizer.eos_token_id)
 
 
@@ -438,7 +438,7 @@ def tokenize_and_pack(corpus, tokenizer, block_size: int, *, num_proc: int | Non
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
 
     def tokenize(batch):
-        encoded = tokenizer(batch["text"], verbose=False)["input_ids"]
+        encoded = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
         ids = [_with_eos(list(x), eos) for x in encoded]
         return {"ids": ids, "n": [len(x) for x in ids]}
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dungeon.cpu_decode import full_precision, has_decode_weights
 from dungeon.format import STOP_STRINGS
 from dungeon.generator import SamplingSettings, StopHoldback
 from dungeon.sampling import marker_token_ids, pick_token
@@ -112,7 +113,7 @@ class Detokenizer:
 class _Holdback:
     """StopHoldback that also sees the end of the prompt.
 
-    A prompt ends with ``"...action\n"``; a response that begins with ``">"`` or ``"\n"``
+    A prompt ends with ``"...action\\n"``; a response that begins with ``">"`` or ``"\\n"``
     completes a stop string across the boundary, which a holdback fed only generated text
     would miss (and show the player marker). The prompt's tail goes in first and is never
     released.
@@ -243,6 +244,8 @@ class TransformersGenerator:
         self.context_window = context_window or _model_window(model, tokenizer)
         self.reuse_cache = reuse_cache
         self.device = next(model.parameters()).device
+        self.precision = str(next(model.parameters()).dtype).removeprefix("torch.")
+        """The weights' dtype, as shown to people (load_generator adds a decode copy's)."""
         self.last_stats = GenerationStats()
 
         # Generation ends at any special token: EOS, and chat markers such as <|im_end|>.
@@ -251,7 +254,9 @@ class TransformersGenerator:
         gen_config = getattr(model, "generation_config", None)
         stops.update(_as_list(getattr(gen_config, "eos_token_id", None)))
         stops.update(getattr(tokenizer, "all_special_ids", []) or [])
-        self.stop_token_ids = sorted(i for i in stops if i is not None and i >= 0)
+        # Logit rows can be shorter than the tokenizer (tokens added but never trained).
+        self.vocab_size = min(len(tokenizer), getattr(model.config, "vocab_size", 0) or 1 << 30)
+        self.stop_token_ids = sorted(i for i in stops if i is not None and 0 <= i < self.vocab_size)
         self._stop_set = frozenset(self.stop_token_ids)
         self._stop_tensor = torch.tensor(self.stop_token_ids, dtype=torch.long)
         self._marker_tensor: torch.Tensor | None = None
@@ -264,6 +269,7 @@ class TransformersGenerator:
             (p for p in ("logits_to_keep", "num_logits_to_keep") if p in params), None
         )
         self._growing = _growing_layer_class() if grow_cache else None
+        self._half_decode = has_decode_weights(model)
         self._cache = None
         self._cache_ids: list[int] | None = []
         self._vocab: list[str] | None = None
@@ -291,7 +297,7 @@ class TransformersGenerator:
         if self._vocab is None:
             decode = self.tokenizer.decode
             self._vocab = [
-                decode([i], clean_up_tokenization_spaces=False) for i in range(len(self.tokenizer))
+                decode([i], clean_up_tokenization_spaces=False) for i in range(self.vocab_size)
             ]
         return self._vocab
 
@@ -360,10 +366,16 @@ class TransformersGenerator:
         if self._keep_arg:
             kwargs[self._keep_arg] = 1  # only the last position needs the LM head
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=input_ids, **kwargs)
+        logits = self.model(input_ids=input_ids, **kwargs).logits[0, -1].float().cpu()
+        if self._half_decode and not bool(torch.isfinite(logits).all()):
+            # A float16 decode product overflowed: take the step back and redo it in float32.
+            log.debug("non-finite logits with float16 decode weights; redoing in float32")
+            self._cache.crop(-len(ids))
+            with full_precision(self.model):
+                logits = self.model(input_ids=input_ids, **kwargs).logits[0, -1].float().cpu()
         assert held is not None
         self._cache_ids = held + ids
-        return out.logits[0, -1].float().cpu()
+        return logits
 
     def _prefill(self, ids: list[int]) -> tuple[torch.Tensor, int]:
         """Bring the cache to ``ids`` and return the next-token logits and the reused count."""

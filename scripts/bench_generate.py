@@ -2,6 +2,7 @@
 
     python scripts/bench_generate.py                      # smollm2-135m, both sides
     python scripts/bench_generate.py --model path/to/model --threads 2 --turns 10
+    python scripts/bench_generate.py --fixed-length       # 80 new tokens every turn, both sides
 
 Both sides play the same scripted game through dungeon.game.Game (premise, a written history
 that fills the context to about 1,000 tokens, then one scripted action per turn):
@@ -70,6 +71,14 @@ HISTORY = [
     (
         "You show him the seal.",
         'You turn the letter so the wax catches the firelight: a lantern inside a ring of thorns. Tamsin lets out a long breath. "Then it\'s true. She\'s calling in the Thorn Compact." He stands and pulls on his gloves. "We leave now. The tunnels flood at high tide, and high tide is in an hour."',
+    ),
+    (
+        "You ask Tamsin if he trusts the barman.",
+        '"Orrin? He sold my father\'s boat to pay a card debt," Tamsin says, without lowering his voice. The barman\'s jaw tightens, but he says nothing. "He trusts whoever paid him last. Tonight that was the men on the chapel steps, I would guess." He drops two copper coins on the table, one for each of you.',
+    ),
+    (
+        "You finish your drink.",
+        "The ale is thin and sour, but it is warm, and your hands have stopped shaking. Through the green windows the rain has eased to a drizzle. Tamsin is already at the back door, holding it open with one boot. Beyond him you can see a yard of broken crates, a well with a rotten lid, and the dark mouth of a stone stair leading down.",
     ),
 ]
 ACTIONS = [
@@ -151,7 +160,8 @@ class BaselineGenerator:
             repetition_penalty=s.repetition_penalty,
             max_new_tokens=s.max_new_tokens,
             min_new_tokens=s.min_new_tokens,
-            stop_strings=list(stop),
+            # Like the engine, no stop before min_new_tokens: with min == max, no stop at all.
+            stop_strings=list(stop) if s.min_new_tokens < s.max_new_tokens else None,
             tokenizer=self.tokenizer,
             streamer=Clock(),
             pad_token_id=self.tokenizer.eos_token_id,
@@ -218,22 +228,31 @@ def percentile(values: list[float], q: float) -> float:
 
 def run_side(args) -> dict:
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens)
+    if args.fixed_length:
+        settings = SamplingSettings(
+            max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens
+        )
     t0 = time.perf_counter()
     import torch
+    import transformers  # noqa: F401  (imported here so that load_s is the model load only)
 
     from dungeon import Game, Story, Turn
     from dungeon.story import Candidate
 
     imported = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from dungeon.models import default_threads
+
+    threads = default_threads() if args.threads == "auto" else int(args.threads)
+    threads = threads or torch.get_num_threads()
+    if threads:  # the same for both sides
+        torch.set_num_threads(threads)
     if args.side == "engine":
         from dungeon.models import load_generator
 
         gen = Recorder(
-            load_generator(args.model, dtype=args.dtype, threads=args.threads, settings=settings)
+            load_generator(args.model, dtype=args.dtype, threads=threads, settings=settings)
         )
-        dtype = str(gen.gen.model.dtype).removeprefix("torch.")
+        dtype = gen.gen.precision
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -286,6 +305,9 @@ def run_side(args) -> dict:
         "decode_tok_s": round(steps / decode_s, 1) if decode_s else 0.0,
         "median_turn_s": round(statistics.median(latencies), 2),
         "p90_turn_s": round(percentile(latencies, 0.9), 2),
+        "turn_s_per_token": round(
+            statistics.median(t["latency_s"] / max(1, t["new_tokens"]) for t in turns), 3
+        ),
         "mean_context_tokens": round(statistics.mean(t["context_tokens"] for t in turns)),
         "mean_new_tokens": round(statistics.mean(t["new_tokens"] for t in turns), 1),
         "mean_reused_tokens": round(statistics.mean(t["reused_tokens"] for t in turns)),
@@ -304,6 +326,7 @@ ROWS = [
     ("decode_tok_s", "decode (tokens/s)"),
     ("median_turn_s", "median turn (s)"),
     ("p90_turn_s", "p90 turn (s)"),
+    ("turn_s_per_token", "median turn s / new token"),
     ("peak_rss_mb", "peak RSS (MB)"),
     ("mean_context_tokens", "mean context (tokens)"),
     ("mean_new_tokens", "mean new tokens / turn"),
@@ -315,12 +338,14 @@ ROWS = [
 
 
 def table(results: dict) -> str:
+    """A Markdown table: one row per measure, one column per side."""
     sides = list(results)
-    lines = [f"| {'':32} | " + " | ".join(f"{s:>10}" for s in sides) + " |"]
-    lines.append("|" + "-" * 34 + "|" + "|".join("-" * 12 for _ in sides) + "|")
+    width = max(10, *(len(str(r.get(k, ""))) for r in results.values() for k, _ in ROWS))
+    lines = [f"| {'':30} | " + " | ".join(f"{s:>{width}}" for s in sides) + " |"]
+    lines.append(f"|{'-' * 32}|" + "|".join("-" * (width + 1) + ":" for _ in sides) + "|")
     for key, label in ROWS:
-        cells = " | ".join(f"{results[s].get(key, ''):>10}" for s in sides)
-        lines.append(f"| {label:32} | {cells} |")
+        cells = " | ".join(f"{results[s].get(key, ''):>{width}}" for s in sides)
+        lines.append(f"| {label:30} | {cells} |")
     return "\n".join(lines)
 
 
@@ -329,10 +354,17 @@ def main() -> int:
     parser.add_argument("--model", default="smollm2-135m", help="built-in name, folder or hub id")
     parser.add_argument("--turns", type=int, default=len(ACTIONS), help="turns to play (max 20)")
     parser.add_argument("--max-new-tokens", type=int, default=80)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--threads", default="auto", help="torch CPU threads for both sides (default: auto)"
+    )
     parser.add_argument("--dtype", default="auto", help="engine dtype (auto, float32, bfloat16)")
     parser.add_argument(
         "--baseline-dtype", default="default", help="baseline dtype (default: from_pretrained's)"
+    )
+    parser.add_argument(
+        "--fixed-length",
+        action="store_true",
+        help="every turn writes exactly --max-new-tokens tokens (no early stop), on both sides",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--side", choices=["both", "engine", "baseline"], default="both")

@@ -287,6 +287,12 @@ def check_inputs(s: Settings) -> tuple[Inputs | None, list[str]]:
     from transformers import AutoConfig, AutoTokenizer
 
     problems = s.problems()
+    launcher_accum = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "")
+    if launcher_accum.isdigit() and int(launcher_accum) != s.grad_accum:  # a DeepSpeed config
+        problems.append(
+            f"the accelerate config accumulates {launcher_accum} micro-batches but --grad-accum "
+            f"is {s.grad_accum}: make them agree"
+        )
     out = s.output_dir
     partial = partial_dir(out)
     checkpoint = None
@@ -512,9 +518,10 @@ def train(s: Settings, inputs: Inputs, argv: list[str], started: float, use_cpu:
         no_decay = [p for n, p in named if p.requires_grad and p.ndim < 2]
         return [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay}]
 
-    # FSDP must wrap the model before the optimizer sees its parameters; others prepare at once
-    # (DeepSpeed needs model and optimizer in the same call).
-    if accelerator.distributed_type == DistributedType.FSDP:
+    # FSDP (v1) must wrap the model before the optimizer sees its parameters; the rest prepare
+    # at once (DeepSpeed and FSDP2 need model and optimizer in the same call).
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
         model = accelerator.prepare(model)
         optimizer = torch.optim.AdamW(
             param_groups(model.named_parameters()), lr=s.peak_lr, betas=(0.9, 0.95), fused=fused
@@ -527,6 +534,12 @@ def train(s: Settings, inputs: Inputs, argv: list[str], started: float, use_cpu:
         model, optimizer, train_dl, eval_dl = accelerator.prepare(
             model, optimizer, train_dl, eval_dl
         )
+    if accelerator.gradient_accumulation_steps != s.grad_accum:  # a DeepSpeed config's value wins
+        say(
+            f"finetune: error: the accelerate config accumulates {accelerator.gradient_accumulation_steps}"
+            f" micro-batches but --grad-accum is {s.grad_accum}: make them agree"
+        )
+        return 2
     # Stepped by hand, only after real optimizer steps (see the loop); saved with the state.
     scheduler = LambdaLR(
         getattr(optimizer, "optimizer", optimizer),
@@ -547,7 +560,8 @@ def train(s: Settings, inputs: Inputs, argv: list[str], started: float, use_cpu:
         "window": {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0},  # since the last log
     }  # fmt: skip
     if s.resume:
-        accelerator.load_state(str(inputs.checkpoint), strict=s.full)  # LoRA: adapter only
+        # LoRA checkpoints hold the adapter only: load them non-strictly (DDP / one process).
+        accelerator.load_state(str(inputs.checkpoint), **({} if sharded else {"strict": s.full}))
         progress.update(json.loads((inputs.checkpoint / "trainer_state.json").read_text()))
         say(f"resumed from {inputs.checkpoint} at step {progress['step']}")
     wall_before = progress["wall_seconds"]
@@ -579,7 +593,6 @@ def train(s: Settings, inputs: Inputs, argv: list[str], started: float, use_cpu:
             save_model(accelerator, model, tokenizer, partial / "best", s)
 
     def log_sample() -> None:
-        sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         if not s.sample_tokens or sharded:  # sharded weights would need gathering first
             return
         prompt = prompts[len(progress["samples"]) % len(prompts)]
@@ -735,9 +748,11 @@ def train(s: Settings, inputs: Inputs, argv: list[str], started: float, use_cpu:
     if world > 1 and accelerator.distributed_type in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):  # fmt: skip
         digests = gather_object([weights_digest(accelerator.unwrap_model(model))])
     exported = "best"
+    accelerator.wait_for_everyone()  # every process looks at best/ before rank 0 moves it
     if progress["best_step"] is None or not (partial / "best").is_dir():
         save_model(accelerator, model, tokenizer, partial / "best", s)
         exported = "last"
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         derived = {
             "command": ["scripts/finetune.py", *argv],
@@ -876,7 +891,7 @@ def sample_continuation(model, tokenizer, prompt, s: Settings, accelerator, seed
     """A short sampled continuation from its own seed: training's RNG stream is untouched."""
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.eval()
-    ids = tokenizer(prompt, return_tensors="pt", verbose=False)["input_ids"]
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
     ids = ids[:, -max(1, s.block_size - s.sample_tokens) :].to(accelerator.device)
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)

@@ -74,7 +74,7 @@ def run(finetune, argv: list[str]) -> int:
 def common(corpus, tiny_gpt2) -> list[str]:
     return [
         "--data", corpus, "--base", tiny_gpt2, "--block-size", 64, "--batch-size", 2,
-        "--max-steps", 8, "--eval-every", 4, "--save-every", 2, "--max-eval-samples", 2,
+        "--max-steps", 6, "--eval-every", 3, "--save-every", 2, "--max-eval-samples", 2,
         "--log-every", 2, "--sample-tokens", 8, "--precision", "fp32", "--seed", 7,
     ]  # fmt: skip
 
@@ -98,9 +98,10 @@ def results(folder: Path) -> dict:
 
 
 def generate(folder: Path) -> str:
+    from dungeon.generator import SamplingSettings
     from dungeon.models import load_generator
 
-    gen = load_generator(folder)
+    gen = load_generator(folder, settings=SamplingSettings(max_new_tokens=4, min_new_tokens=1))
     return gen.generate("You wake in a cellar.\n\n> You look around.\n", seed=1)
 
 
@@ -125,9 +126,9 @@ def test_lora_run_writes_a_model_folder_that_play_loads(lora_run, tiny_gpt2):
     assert meta["training"]["block_size"] == 64 and meta["training"]["seed"] == 7
     assert meta["training"]["val_stories"] == ["tale-5.txt"]
     r = meta["results"]
-    assert r["steps"] == 8 and [e["step"] for e in r["evals"]] == [0, 4, 8]
+    assert r["steps"] == 6 and [e["step"] for e in r["evals"]] == [0, 3, 6]
     assert r["perplexity_before"] > 1 and r["perplexity_after"] > 1
-    assert r["train_tokens"] == 8 * 2 * 64 and r["train_tokens_per_s"] > 0
+    assert r["train_tokens"] == 6 * 2 * 64 and r["train_tokens_per_s"] > 0
     assert r["samples"] and all(isinstance(s["sample"], str) for s in r["samples"])
 
     card = (lora_run / "README.md").read_text()
@@ -139,12 +140,12 @@ def test_lora_run_writes_a_model_folder_that_play_loads(lora_run, tiny_gpt2):
 def test_full_run_with_gradient_checkpointing(finetune, workdir, corpus, tiny_gpt2, hf_cache):
     out = workdir / "runs" / "full"
     argv = [*common(corpus, tiny_gpt2), "--output", out, "--full", "--gradient-checkpointing",
-            "--max-steps", 3, "--eval-every", 0, "--save-every", 0, "--report-to", "none"]  # fmt: skip
+            "--max-steps", 2, "--eval-every", 0, "--save-every", 0, "--report-to", "none"]  # fmt: skip
     assert run(finetune, argv) == 0
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert json.loads((out / "config.json").read_text())["use_cache"] is True
     meta = json.loads((out / "dungeon.json").read_text())
-    assert meta["kind"] == "full" and meta["results"]["steps"] == 3
+    assert meta["kind"] == "full" and meta["results"]["steps"] == 2
     assert isinstance(generate(out), str)
 
 
@@ -177,7 +178,7 @@ def wait_for(path: Path, proc=None, timeout: float = 180.0) -> None:
 
 def assert_same_run(a: Path, b: Path) -> None:
     ra, rb = results(a), results(b)
-    assert ra["steps"] == rb["steps"] == 8
+    assert ra["steps"] == rb["steps"] == 6
     assert rb["final_train_loss"] == pytest.approx(ra["final_train_loss"], abs=1e-6)
     assert rb["final_eval_loss"] == pytest.approx(ra["final_eval_loss"], abs=1e-6)
     assert [h["train_loss"] for h in rb["history"]] == pytest.approx(
@@ -197,7 +198,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(
         stderr=subprocess.PIPE,
     )
     try:
-        wait_for(out.with_name("killed.partial") / "checkpoints" / "step-0000004", proc)
+        wait_for(out.with_name("killed.partial") / "checkpoints" / "step-0000002", proc)
     finally:
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate()
@@ -242,7 +243,8 @@ def test_two_cpu_processes_end_with_the_same_weights(workdir, corpus, tiny_gpt2,
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", "29517", SCRIPT, *map(str, argv)]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    failures = [line for line in done.stderr.splitlines() if "Error" in line or "error:" in line]
+    assert done.returncode == 0, "\n".join(failures[:20]) + done.stderr[-2000:]
     r = results(out)
     meta = json.loads((out / "dungeon.json").read_text())
     assert (
@@ -325,6 +327,7 @@ def test_resume_refuses_what_it_cannot_continue(finetune, workdir, corpus, tiny_
     assert any("changed since the run" in p for p in problems)
 
 
+@pytest.mark.slow
 def test_the_command_line_exits_2_with_one_line_per_problem(workdir, hf_cache):
     cmd = [sys.executable, SCRIPT, "--data", workdir / "nowhere", "--base", workdir / "nothing",
            "--block-size", 0, "--output", workdir / "runs" / "never"]  # fmt: skip

@@ -22,6 +22,17 @@ PROMPT = (
 GREEDY = SamplingSettings(temperature=0.0, repetition_penalty=1.0, min_new_tokens=0)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The tiny model gains nothing from threads, and they stall when other jobs share the CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def gen(tiny_gpt2) -> TransformersGenerator:
     from dungeon.models import load_generator
@@ -32,7 +43,8 @@ def gen(tiny_gpt2) -> TransformersGenerator:
 def fresh(tiny_gpt2, **kwargs) -> TransformersGenerator:
     from dungeon.models import load_generator
 
-    return load_generator(tiny_gpt2, device="cpu", dtype="float32", **kwargs)
+    kwargs.setdefault("dtype", "float32")
+    return load_generator(tiny_gpt2, device="cpu", **kwargs)
 
 
 def scripted(gen: TransformersGenerator, monkeypatch, ids: list[int]) -> None:
@@ -254,6 +266,41 @@ def test_a_stream_closed_early_leaves_the_cache_consistent(tiny_gpt2):
     next(stream)
     stream.close()
     assert g.generate(PROMPT, seed=9, settings=settings) == reference
+
+
+def test_mixed_precision_decodes_with_half_copies_close_to_float32(tiny_gpt2):
+    from dungeon.cpu_decode import DecodeLinear
+
+    exact, mixed = fresh(tiny_gpt2), fresh(tiny_gpt2, dtype="mixed")
+    assert mixed.precision == "float32+float16 decode"
+    assert sum(isinstance(m, DecodeLinear) for m in mixed.model.modules()) > 0
+    ids = exact.encode(PROMPT)
+    with torch.inference_mode():
+        # Prefill runs in fp32 (only its last row goes through the LM head's half copy).
+        pre_a, pre_b = exact._prefill(ids)[0], mixed._prefill(ids)[0]
+        a, b = exact._forward([ids[-1]]), mixed._forward([ids[-1]])  # decode: fp16 copies
+    assert not torch.equal(a, b)
+    assert torch.allclose(pre_a, pre_b, atol=1e-2, rtol=1e-2)
+    assert torch.allclose(a, b, atol=1e-2, rtol=1e-2)
+
+
+def test_a_float16_overflow_is_redone_in_float32(tiny_gpt2):
+    from dungeon.cpu_decode import DecodeLinear
+
+    settings = SamplingSettings(temperature=0.0, max_new_tokens=8, min_new_tokens=8)
+    exact, mixed = fresh(tiny_gpt2), fresh(tiny_gpt2, dtype="mixed")
+    # Blow up the last MLP output layer: its float16 copy overflows, float32 stays finite.
+    for g in (exact, mixed):
+        proj = g.model.transformer.h[-1].mlp.c_proj
+        with torch.no_grad():
+            proj.weight.mul_(1e4)
+        if isinstance(proj, DecodeLinear):
+            proj.half_weight.copy_((proj.weight.t() * 1e4).clamp(-6e4, 6e4).half())
+            with torch.inference_mode():
+                assert not torch.isfinite(proj(torch.ones(1, proj.half_weight.shape[1]))).all()
+    assert mixed.generate(PROMPT, seed=0, settings=settings) == exact.generate(
+        PROMPT, seed=0, settings=settings
+    )
 
 
 # --- pieces ------------------------------------------------------------------------------------

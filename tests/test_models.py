@@ -28,6 +28,17 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "You wake in a cellar that smells of apples.\n\n> You climb the stairs.\n"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The tiny model gains nothing from threads, and they stall when other jobs share the CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def copy_model(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
@@ -207,13 +218,24 @@ def test_adapter_with_a_missing_base(tiny_lora, tmp_path):
 
 def test_choose_placement():
     p = choose_placement("cpu", "auto")
-    assert p.device == "cpu" and p.dtype in ("float32", "bfloat16")
+    assert (p.dtype, p.decode_dtype) in (("float32", "float16"), ("bfloat16", None))
+    assert choose_placement("cpu", "mixed") == models.Placement("cpu", "float32", "float16")
     assert choose_placement("cpu", "bf16").dtype == "bfloat16"
     assert choose_placement("cpu", "fp32").dtype == "float32"
     with pytest.raises(ValueError, match="dtype"):
         choose_placement("cpu", "int3")
     with pytest.raises(ValueError, match="device"):
         choose_placement("tpu")
+
+
+def test_threads(tiny_gpt2):
+    import torch
+
+    load_generator(tiny_gpt2, device="cpu", threads=1)
+    assert torch.get_num_threads() == 1
+    with pytest.raises(ValueError, match="threads"):
+        load_generator(tiny_gpt2, device="cpu", threads=0)
+    assert models.default_threads() in (1, None)
 
 
 # --- the built-in base ------------------------------------------------------------------------
@@ -223,7 +245,7 @@ def test_builtin_conversion_is_atomic(tmp_path, monkeypatch):
     """An interrupted conversion leaves no model folder; the next run converts again."""
     monkeypatch.setenv("DUNGEON_CACHE_DIR", str(tmp_path))
 
-    def interrupted(gguf, out, bar, steps):
+    def interrupted(gguf, out, steps):
         (out / "config.json").write_text("{}")
         raise KeyboardInterrupt
 
@@ -231,15 +253,22 @@ def test_builtin_conversion_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         models.ensure_builtin()
     assert not models.builtin_dir().exists()
+    assert not list(tmp_path.joinpath("models").iterdir())  # the partial folder is gone too
+    stale = tmp_path / "models" / f"{models.BUILTIN}.partial-999999999"
+    stale.mkdir()  # left by a conversion that was killed
 
-    def converted(gguf, out, bar, steps):
+    def converted(gguf, out, steps):
+        for _ in range(3):  # tokenizer, weights, saving
+            steps.next()
         (out / "config.json").write_text("{}")
         (out / "model.safetensors").write_bytes(b"stub")
 
     monkeypatch.setattr(models, "_convert_gguf", converted)
-    folder = models.ensure_builtin()
+    messages = []
+    folder = models.ensure_builtin(progress=messages.append)
+    assert any("dequantizing" in m for m in messages)
     assert folder == models.builtin_dir() and (folder / models.CACHE_STAMP).is_file()
-    assert not folder.with_name(folder.name + ".partial").exists()
+    assert [p.name for p in tmp_path.joinpath("models").iterdir()] == [folder.name]
     monkeypatch.setattr(models, "_convert_gguf", interrupted)
     assert models.ensure_builtin() == folder  # cached: no second conversion
 
