@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: play test test-slow lint format bench setup clean-venv
+.PHONY: play test test-slow lint format bench bench-finetune check-corpus setup clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_generate.py
+
+bench-finetune: $(STAMP)
+	$(PY) scripts/bench_finetune.py
+
+check-corpus: $(STAMP)
+	$(PY) -m dungeon check-corpus stories
 
 clean-venv:
 	rm -rf $(VENV)
