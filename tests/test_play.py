@@ -154,3 +154,23 @@ def test_importing_dungeon_is_light():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == "False False"
+
+
+def test_piped_session_on_a_tiny_gpt2(tiny_gpt2, premise):
+    from dungeon.generator import SamplingSettings
+
+    settings = SamplingSettings(max_new_tokens=8, min_new_tokens=1)
+    script = "look around\nsay hello\n/retry\n/quit\n"
+
+    def run():
+        out, err = io.StringIO(), io.StringIO()
+        opts = PlayOptions(
+            model=str(tiny_gpt2), dtype="float32", premise_file=premise, seed=4, sampling=settings
+        )
+        assert run_piped(opts, io.StringIO(script), PlainOutput(out, err)) == 0, err.getvalue()
+        return out.getvalue()
+
+    first = run()
+    assert "> You look around.\n" in first and '> You say "Hello."\n' in first
+    assert "\x1b" not in first
+    assert run() == first  # same seed, same input, same output
