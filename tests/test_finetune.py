@@ -110,8 +110,11 @@ def generate(folder: Path) -> str:
 
 def test_lora_run_writes_a_model_folder_that_play_loads(lora_run, tiny_gpt2):
     names = {p.name for p in lora_run.iterdir()}
-    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "dungeon.json",
-            "README.md", "loss.png", "logs"} <= names  # fmt: skip
+    expected = {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json",
+                "dungeon.json", "README.md", "loss.png"}  # fmt: skip
+    if importlib.util.find_spec("tensorboard") is not None:
+        expected.add("logs")  # TensorBoard logs only where tensorboard is installed
+    assert expected <= names
     assert not {"checkpoints", "best", "settings.json"} & names
     assert not lora_run.with_name("lora.partial").exists()
 
@@ -133,7 +136,8 @@ def test_lora_run_writes_a_model_folder_that_play_loads(lora_run, tiny_gpt2):
 
     card = (lora_run / "README.md").read_text()
     assert "perplexity" in card and f"{r['perplexity_before']:.2f}" in card
-    assert list((lora_run / "logs").rglob("events.out.tfevents*"))
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert list((lora_run / "logs").rglob("events.out.tfevents*"))
     assert isinstance(generate(lora_run), str)
 
 
