@@ -62,7 +62,18 @@ def _play_parser(sub) -> argparse.ArgumentParser:
     )
     m.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 or mps")
     m.add_argument("--dtype", help="auto (default), float32, bfloat16 or float16")
-    m.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores)")
+    m.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for the model (default: 1 on machines with 2 cores or fewer, else torch's)",
+    )
+    m.add_argument(
+        "--allow-pickle",
+        action="store_const",
+        const=True,
+        dest="allow_pickle",
+        help="load pickle-only weights (pytorch_model.bin); only for models you trust",
+    )
 
     s = p.add_argument_group("sampling (also changeable in play with /set)")
     s.add_argument("--temperature", type=float, help="randomness, 0 (greedy) to 5; default 0.8")
@@ -198,6 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"dungeon: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        # Model and start-up problems carry a message that says what to do: no traceback wall.
+        if type(err).__name__ in (
+            "ModelNotFoundError",
+            "UnsafeModelError",
+            "ScenarioError",
+            "SaveError",
+        ):
+            print(f"dungeon: {err}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("", file=sys.stderr)
         return 130

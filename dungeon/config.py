@@ -44,6 +44,8 @@ class PlayOptions:
     device: str = "auto"
     dtype: str = "auto"
     threads: int | None = None
+    allow_pickle: bool = False
+    """Load pickle-only weights (only for models you trust)."""
     scenario: str | None = None
     premise_file: Path | None = None
     load: str | None = None
@@ -55,7 +57,17 @@ class PlayOptions:
 
 
 SAMPLING_KEYS = {f.name for f in fields(SamplingSettings)}
-TOP_KEYS = {"model", "adapter", "device", "dtype", "threads", "color", "context_budget", "scenario"}
+TOP_KEYS = {
+    "model",
+    "adapter",
+    "device",
+    "dtype",
+    "threads",
+    "color",
+    "context_budget",
+    "scenario",
+    "allow_pickle",
+}
 
 
 def config_file() -> Path:

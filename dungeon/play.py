@@ -68,6 +68,7 @@ def build_generator(opts: PlayOptions, progress=None) -> Generator:
         dtype=opts.dtype,
         threads=opts.threads,
         settings=opts.sampling,
+        allow_pickle=opts.allow_pickle,
         **extra,
     )
 
