@@ -97,7 +97,7 @@ def merge(config: dict, flags: dict) -> PlayOptions:
     merged = {**config, **{k: v for k, v in flags.items() if v is not None}}
     sampling = {k: merged.pop(k) for k in list(merged) if k in SAMPLING_KEYS}
     try:
-        settings = SamplingSettings.from_dict({**SamplingSettings().to_dict(), **sampling})
+        settings = SamplingSettings().updated(sampling)
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from None
     known = {f.name for f in fields(PlayOptions)}

@@ -94,6 +94,10 @@ class SamplingSettings:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def updated(self, data: dict | None) -> SamplingSettings:
+        """A copy with the known keys of ``data`` (a save's or a config's) applied, validated."""
+        return SamplingSettings.from_dict({**self.to_dict(), **(data or {})})
+
 
 @runtime_checkable
 class Generator(Protocol):

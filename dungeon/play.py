@@ -120,10 +120,7 @@ def start_story(opts: PlayOptions) -> tuple[Story, dict]:
 
 def make_game(generator: Generator, story: Story, opts: PlayOptions, sampling: dict) -> Game:
     settings = GameSettings(context=ContextSettings(budget=opts.context_budget))
-    merged = {**opts.sampling.to_dict(), **(sampling or {})}
-    from dungeon.generator import SamplingSettings
-
-    return Game(generator, story, settings, sampling=SamplingSettings.from_dict(merged))
+    return Game(generator, story, settings, sampling=opts.sampling.updated(sampling))
 
 
 class PlainOutput:

@@ -15,7 +15,6 @@ from typing import Protocol
 
 from dungeon import saves
 from dungeon.game import Game
-from dungeon.generator import SamplingSettings
 from dungeon.paths import data_dir
 from dungeon.story import Story
 
@@ -105,6 +104,6 @@ class Session:
             game.generator,
             story,
             game.settings,
-            sampling=SamplingSettings.from_dict({**game.sampling.to_dict(), **(sampling or {})}),
+            sampling=game.sampling.updated(sampling),
             on_commit=lambda _game: self.autosave(),
         )

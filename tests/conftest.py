@@ -34,3 +34,14 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     from dungeon.tiny import make_tiny_gpt2
 
     return make_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """The tiny model gains nothing from threads, and they stall when other jobs share the CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -23,14 +23,8 @@ GREEDY = SamplingSettings(temperature=0.0, repetition_penalty=1.0, min_new_token
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """The tiny model gains nothing from threads, and they stall when other jobs share the CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs the tiny model on one thread (see conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")
