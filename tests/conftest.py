@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -12,6 +13,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pathlib import Path
 
 import pytest
+
+from dungeon.format import FormatSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,3 +48,27 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_gpt2, tmp_path_factory) -> Path:
+    """A LoRA adapter over the tiny GPT-2, with non-zero weights so it changes the output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_gpt2)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=16,
+        target_modules=["c_attn"],
+        init_lora_weights=False,
+        fan_in_fan_out=True,
+    )
+    model = get_peft_model(base, config)
+    out = tmp_path_factory.mktemp("lora")
+    model.save_pretrained(out)
+    info = {"format": FormatSpec().to_dict(), "base": str(tiny_gpt2), "training": {}}
+    (out / "dungeon.json").write_text(json.dumps(info))
+    return out

@@ -153,30 +153,6 @@ def test_warns_when_the_story_format_does_not_match(tiny_gpt2, tmp_path, caplog)
 # --- adapters ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_lora(tiny_gpt2, tmp_path_factory) -> Path:
-    """A LoRA adapter over the tiny GPT-2, with non-zero weights so it changes the output."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(tiny_gpt2)
-    config = LoraConfig(
-        r=4,
-        lora_alpha=16,
-        target_modules=["c_attn"],
-        init_lora_weights=False,
-        fan_in_fan_out=True,
-    )
-    model = get_peft_model(base, config)
-    out = tmp_path_factory.mktemp("lora")
-    model.save_pretrained(out)
-    info = {"format": FormatSpec().to_dict(), "base": str(tiny_gpt2), "training": {}}
-    (out / "dungeon.json").write_text(json.dumps(info))
-    return out
-
-
 def test_adapter_folder_names_its_base(tiny_gpt2, tiny_lora):
     settings = SamplingSettings(temperature=0.0, max_new_tokens=12, min_new_tokens=12)
     plain = load_generator(tiny_gpt2, device="cpu", dtype="float32")

@@ -3,6 +3,7 @@
 import io
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,8 @@ from dungeon.commands import REGISTRY, UnknownCommand, parse_input
 from dungeon.config import ConfigError, PlayOptions, merge, read_config
 from dungeon.paths import data_dir
 from dungeon.play import PlainOutput, run_piped
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -174,3 +177,32 @@ def test_piped_session_on_a_tiny_gpt2(tiny_gpt2, premise):
     assert "> You look around.\n" in first and '> You say "Hello."\n' in first
     assert "\x1b" not in first
     assert run() == first  # same seed, same input, same output
+
+
+def test_default_play_uses_the_shipped_adapter_and_plays_a_turn(premise, one_torch_thread):
+    """The built-in base with no flag plays with the shipped adventure adapter; --no-adapter
+    plays the raw base. The adapter must score a held-out story better than the base does."""
+    from dungeon.evaluate import perplexity, validation_texts
+    from dungeon.generator import SamplingSettings
+    from dungeon.play import build_generator
+
+    held_out = [validation_texts(ROOT / "stories")[0][:1500]]
+    tuned = build_generator(PlayOptions())
+    assert tuned.name.endswith("+adventure")
+    tuned_ppl = perplexity(tuned.model, tuned.tokenizer, held_out)
+    del tuned
+    base = build_generator(PlayOptions(adapter="none"))
+    assert "+" not in base.name
+    assert tuned_ppl < 0.9 * perplexity(base.model, base.tokenizer, held_out)
+    del base
+
+    out, err = io.StringIO(), io.StringIO()
+    opts = PlayOptions(
+        premise_file=premise, seed=3, sampling=SamplingSettings(max_new_tokens=24), color=False
+    )
+    assert run_piped(opts, io.StringIO("look around\n/quit\n"), PlainOutput(out, err)) == 0
+    text = out.getvalue()
+    response = text.split("> You look around.\n", 1)[1].strip()
+    assert response and "\x1b" not in response, text
+    data = saves.load(data_dir() / "saves" / "autosave.json")
+    assert " ".join(data.story.turns[0].response.split()) == " ".join(response.split())
