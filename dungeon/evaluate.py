@@ -16,6 +16,7 @@ A summary table, then one JSON line. The same seed gives the same figures (laten
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -143,8 +144,10 @@ def run_playtests(
     seed: int = 0,
     settings: GameSettings | None = None,
     progress=None,
+    on_turn=None,
 ) -> PlaytestResult:
-    """Play every script through the Game API and record each turn."""
+    """Play every script through the Game API and record each turn (``on_turn(record)`` as
+    each one is played, so a long run's report survives an interruption)."""
     result = PlaytestResult()
     for k, test in enumerate(playtests):
         game = Game(generator, Story(premise=test.premise, seed=seed * 1000 + k), settings)
@@ -160,21 +163,22 @@ def run_playtests(
                 continue
             seconds = time.perf_counter() - started
             text = turn.response
-            result.turns.append(
-                TurnRecord(
-                    test.name,
-                    i + 1,
-                    raw,
-                    text,
-                    impersonation=impersonates(text),
-                    empty=not text.strip(),
-                    incomplete=incomplete(text),
-                    loop=loop_score(text, recent) >= LOOP_THRESHOLD,
-                    slip=second_person_slip(text),
-                    distinct2=distinct_2(text),
-                    seconds=seconds,
-                )
+            record = TurnRecord(
+                test.name,
+                i + 1,
+                raw,
+                text,
+                impersonation=impersonates(text),
+                empty=not text.strip(),
+                incomplete=incomplete(text),
+                loop=loop_score(text, recent) >= LOOP_THRESHOLD,
+                slip=second_person_slip(text),
+                distinct2=distinct_2(text),
+                seconds=seconds,
             )
+            result.turns.append(record)
+            if on_turn:
+                on_turn(record)
             if progress:
                 progress(f"{test.name} {i + 1}/{len(test.inputs)}")
     return result
@@ -186,7 +190,10 @@ def run_playtests(
 def validation_texts(stories: Path) -> list[str]:
     names = read_validation_list(stories)
     if not names:
-        raise ValueError(f"{stories}/validation.txt lists no stories")
+        raise ValueError(
+            f"{stories}/validation.txt lists no stories: pass --stories with a corpus folder "
+            "that has one (or --no-perplexity)"
+        )
     return [read_story_file(stories / n).model_text() for n in names]
 
 
@@ -195,9 +202,15 @@ def perplexity(
 ) -> float:
     """Token-weighted perplexity of ``texts`` (each followed by EOS), with a sliding window
     for texts longer than ``window`` tokens (each token is scored once, with up to
-    ``window - stride`` tokens of context carried over)."""
+    ``window - stride`` tokens of context carried over). The window shrinks to the model's
+    own when that is shorter."""
     import torch
 
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(
+        model.config, "n_positions", None
+    )
+    if limit and window > limit:  # a model with a shorter window than asked: use all of it
+        window, stride = limit, min(stride, limit // 2)
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
     eos = tokenizer.eos_token or ""
@@ -254,6 +267,12 @@ def cmd_eval(args) -> int:
     from dungeon.config import PlayOptions
     from dungeon.play import build_generator
 
+    try:  # bad scripts or a bad corpus fail before the model loads
+        tests = [] if args.no_playtest else load_playtests(args.playtests)[: args.limit]
+        texts = [] if args.no_perplexity else validation_texts(args.stories)
+    except (ValueError, OSError) as err:
+        print(f"dungeon eval: {err}", file=sys.stderr)
+        return 2
     opts = PlayOptions(model=args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
     started = time.perf_counter()
     generator = build_generator(opts)
@@ -269,21 +288,27 @@ def cmd_eval(args) -> int:
             print("(no perplexity: this generator exposes no model)", file=sys.stderr)
             figures["perplexity"] = None
         else:
-            figures["perplexity"] = round(perplexity(model, tok, validation_texts(args.stories)), 3)
+            figures["perplexity"] = round(perplexity(model, tok, texts), 3)
     if not args.no_playtest:
-        tests = load_playtests(args.playtests)[: args.limit]
-        result = run_playtests(
-            generator,
-            tests,
-            seed=args.seed,
-            progress=lambda s: print(f"\r{s:<40}", end="", file=sys.stderr),
-        )
+        with contextlib.ExitStack() as stack:
+            report = None
+            if args.report:
+                report = stack.enter_context(open(args.report, "w", encoding="utf-8"))
+
+            def write_turn(record: TurnRecord) -> None:
+                if report:
+                    report.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
+                    report.flush()
+
+            result = run_playtests(
+                generator,
+                tests,
+                seed=args.seed,
+                progress=lambda s: print(f"\r{s:<40}", end="", file=sys.stderr),
+                on_turn=write_turn,
+            )
         print(file=sys.stderr)
         figures.update(result.summary())
-        if args.report:
-            with open(args.report, "w", encoding="utf-8") as f:
-                for t in result.turns:
-                    f.write(json.dumps(asdict(t), ensure_ascii=False) + "\n")
         for crash in result.crashes:
             print(f"crash: {crash}", file=sys.stderr)
     print(f"{'measure':<26}{'value':>12}")

@@ -19,6 +19,7 @@ dequantizes it and caches a safetensors model folder under dungeon.paths.cache_d
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -29,6 +30,7 @@ import shutil
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -530,6 +532,22 @@ def _has_tokenizer(folder: Path) -> bool:
     )
 
 
+@contextlib.contextmanager
+def _quiet_local_load(local: bool):
+    """No "Loading weights" bar for a local folder: it takes a second, and in piped play the
+    bar would land among the story. Downloads from the hub keep their progress bars."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    if local and was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if local and was_on:
+            hf_logging.enable_progress_bar()
+
+
 def load_generator(
     model: str | os.PathLike | None,
     adapter: str | os.PathLike | None = None,
@@ -601,12 +619,13 @@ def load_generator(
     tok_source = adapter_dir if adapter_dir and _has_tokenizer(adapter_dir) else base
     tokenizer = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=False)
     try:
-        lm = AutoModelForCausalLM.from_pretrained(
-            base,
-            dtype=getattr(torch, placement.dtype),
-            trust_remote_code=False,
-            use_safetensors=None if allow_pickle else True,
-        )
+        with _quiet_local_load(base_dir.is_dir()):
+            lm = AutoModelForCausalLM.from_pretrained(
+                base,
+                dtype=getattr(torch, placement.dtype),
+                trust_remote_code=False,
+                use_safetensors=None if allow_pickle else True,
+            )
     except OSError as err:
         if not allow_pickle and "safetensors" in str(err).lower():
             raise UnsafeModelError(
@@ -618,7 +637,11 @@ def load_generator(
         from peft import PeftModel
 
         _report(progress, f"Applying the adapter {adapter_dir.name}")
-        lm = PeftModel.from_pretrained(lm, adapter_dir)
+        with warnings.catch_warnings():
+            # peft asks transformers a deprecated question while it wraps the model; the
+            # FutureWarning is for peft's authors, not for players.
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+            lm = PeftModel.from_pretrained(lm, adapter_dir)
         if merge_adapter:
             lm = lm.merge_and_unload()
     lm.to(placement.device)

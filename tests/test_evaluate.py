@@ -77,3 +77,28 @@ def test_eval_smoke_on_a_tiny_gpt2(tiny_gpt2, tmp_path):
     a.pop("median_turn_s"), b.pop("median_turn_s")
     assert a == b and a["turns"] == 3 and a["crashes"] == 0
     json.dumps(a)
+
+
+def test_eval_command_on_a_tiny_gpt2_prints_a_table_a_json_line_and_a_report(
+    tiny_gpt2, tmp_path, capsys, one_torch_thread
+):
+    from dungeon.cli import main
+
+    folder = tmp_path / "playtests"
+    folder.mkdir()
+    script = {"name": "cellar", "premise": "You wake in a cellar.", "inputs": ["look", '"hello']}
+    (folder / "cellar.json").write_text(json.dumps(script))
+    report = tmp_path / "turns.jsonl"
+    argv = ["eval", "--model", str(tiny_gpt2), "--dtype", "float32", "--playtests", str(folder)]
+    assert main([*argv, "--seed", "3", "--report", str(report)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["measure", "value"]
+    figures = json.loads(lines[-1])
+    assert figures["turns"] == 2 and figures["crashes"] == 0
+    assert figures["perplexity"] > 1 and figures["seed"] == 3
+    turns = [json.loads(line) for line in report.read_text().splitlines()]
+    assert [t["input"] for t in turns] == ["look", '"hello']
+
+    (folder / "broken.json").write_text("{not json")
+    assert main([*argv, "--no-perplexity"]) == 2
+    assert "broken.json" in capsys.readouterr().err
