@@ -10,6 +10,7 @@ Two measurements, for any model, adapter or base:
    a recent turn (a loop), slips out of the second person, its distinct-2 ratio and latency.
 
     dungeon eval [--model smollm2-135m] [--adapter DIR | --no-adapter] [--seed 0]
+    dungeon eval --rescore REPORT    # measure a saved --report again, with no model
 
 A summary table, then one JSON line. The same seed gives the same figures (latency aside).
 """
@@ -36,9 +37,10 @@ from dungeon.generator import Generator
 from dungeon.story import Story
 
 LOOP_THRESHOLD = 0.6
-# The response acting for the player: a marker, or narrating the player's next choice.
+# The response acting for the player: a marker (at a line start, or run on after other text:
+# "...the door.> You run"), or narrating the player's next choice.
 _IMPERSONATION = re.compile(
-    r"(^|\n)\s*>|\s>\s*You\b|\bYou (then )?(decide|choose|proceed) to\b|\bYou (say|ask|reply)\s*,?\s*[\"“]",
+    r"(^|\n)\s*>|>\s*You\b|\bYou (then )?(decide|choose|proceed) to\b|\bYou (say|ask|reply)\s*,?\s*[\"“]",
 )
 
 
@@ -137,6 +139,48 @@ class PlaytestResult:
         }
 
 
+def measure_turn(
+    playtest: str, index: int, raw: str, text: str, recent: list[str], seconds: float
+) -> TurnRecord:
+    """Every measure of one response (``recent``: the responses before it in its game)."""
+    return TurnRecord(
+        playtest,
+        index,
+        raw,
+        text,
+        impersonation=impersonates(text),
+        empty=not text.strip(),
+        incomplete=incomplete(text),
+        loop=loop_score(text, recent) >= LOOP_THRESHOLD,
+        slip=second_person_slip(text),
+        distinct2=distinct_2(text),
+        seconds=seconds,
+    )
+
+
+def rescore(lines: list[str]) -> PlaytestResult:
+    """Measure the turns of a saved report (``--report``) again, with this version's measures.
+
+    The responses, inputs and latencies come from the report; no model runs. Crashes are not
+    in a report, so the result has none."""
+    result = PlaytestResult()
+    history: dict[str, list[str]] = {}
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            name, text = row["playtest"], row["response"]
+            record = measure_turn(
+                name, row["index"], row["input"], text, history.get(name, [])[-4:], row["seconds"]
+            )
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"report line {n}: not a turn record ({err})") from None
+        history.setdefault(name, []).append(text)
+        result.turns.append(record)
+    return result
+
+
 def run_playtests(
     generator: Generator,
     playtests: list[Playtest],
@@ -162,20 +206,7 @@ def run_playtests(
                 result.crashes.append(f"{test.name} turn {i + 1}: {type(err).__name__}: {err}")
                 continue
             seconds = time.perf_counter() - started
-            text = turn.response
-            record = TurnRecord(
-                test.name,
-                i + 1,
-                raw,
-                text,
-                impersonation=impersonates(text),
-                empty=not text.strip(),
-                incomplete=incomplete(text),
-                loop=loop_score(text, recent) >= LOOP_THRESHOLD,
-                slip=second_person_slip(text),
-                distinct2=distinct_2(text),
-                seconds=seconds,
-            )
+            record = measure_turn(test.name, i + 1, raw, turn.response, recent, seconds)
             result.turns.append(record)
             if on_turn:
                 on_turn(record)
@@ -260,10 +291,24 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--report", type=Path, help="also write every turn to this JSONL file")
+    p.add_argument(
+        "--rescore",
+        type=Path,
+        metavar="REPORT",
+        help="no model: measure the turns of a saved --report again and print the summary",
+    )
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args) -> int:
+    if args.rescore:
+        try:
+            result = rescore(args.rescore.read_text(encoding="utf-8").splitlines())
+        except (ValueError, OSError) as err:
+            print(f"dungeon eval: {err}", file=sys.stderr)
+            return 2
+        print_figures({"report": str(args.rescore), **result.summary()})
+        return 0
     from dungeon.config import PlayOptions
     from dungeon.play import build_generator
 
@@ -311,9 +356,14 @@ def cmd_eval(args) -> int:
         figures.update(result.summary())
         for crash in result.crashes:
             print(f"crash: {crash}", file=sys.stderr)
+    print_figures(figures)
+    return 0
+
+
+def print_figures(figures: dict) -> None:
+    """The summary table, then the figures as one JSON line."""
     print(f"{'measure':<26}{'value':>12}")
     for k, v in figures.items():
-        if k not in ("model",):
+        if k not in ("model", "report"):
             print(f"{k:<26}{v!s:>12}")
     print(json.dumps(figures))
-    return 0

@@ -1062,6 +1062,7 @@ def model_card(s: Settings, meta: dict, plotted: bool) -> str:
     kind = "LoRA adapter" if s.kind == "lora" else "fully fine-tuned model"
     lora = f" (r={s.lora_r}, alpha={s.lora_alpha}, on {t['lora_targets']})" if not s.full else ""
     before = "random init" if s.from_scratch else "zero-shot base"
+    processes = "process" if t["world_size"] == 1 else "processes"
     stats = t["data_stats"]
     lines = [
         f"# {s.output_dir.name}",
@@ -1084,7 +1085,7 @@ def model_card(s: Settings, meta: dict, plotted: bool) -> str:
         f"({stats['train']['tokens']:,} tokens), {len(t['val_stories'])} held out "
         f"({stats['validation']['tokens']:,} tokens) |",
         f"| steps | {r['steps']} of {t['tokens_per_step']:,} tokens ({s.batch_size} x "
-        f"{s.block_size} x {s.grad_accum} accumulation x {t['world_size']} processes) |",
+        f"{s.block_size} x {s.grad_accum} accumulation x {t['world_size']} {processes}) |",
         f"| optimizer | AdamW, lr {t['peak_lr']:g}, {t['warmup_steps']} warmup steps, cosine "
         f"to {s.min_lr_ratio:g}x |",
         f"| precision | {t['precision'].replace('no', 'fp32')} on {t['device']} |",

@@ -21,6 +21,8 @@ def test_measures():
     assert impersonates("The door opens. You decide to go inside.")
     assert impersonates('He waits. You say "Fine, I will go."')
     assert not impersonates("The guard says nothing and looks away.")
+    assert impersonates("The hall is dark.> You light the lamp.")
+    assert not impersonates("The sign reads -> EXIT. You follow it.")
     assert incomplete("The guard says nothing and") and not incomplete('He says "Go."')
     assert second_person_slip("I walk to the door. My hands shake.")
     assert not second_person_slip('You hear him say "I am here, my friend."')
@@ -102,3 +104,24 @@ def test_eval_command_on_a_tiny_gpt2_prints_a_table_a_json_line_and_a_report(
     (folder / "broken.json").write_text("{not json")
     assert main([*argv, "--no-perplexity"]) == 2
     assert "broken.json" in capsys.readouterr().err
+
+
+def test_rescore_of_a_report_gives_the_figures_of_the_run(tmp_path, capsys):
+    from dataclasses import asdict
+
+    from dungeon.cli import main
+    from dungeon.evaluate import rescore
+
+    tests = load_playtests()[:2]
+    result = run_playtests(FakeGenerator(), tests, seed=2)
+    lines = [json.dumps(asdict(t)) for t in result.turns]
+    assert rescore(lines).summary() == result.summary()
+    report = tmp_path / "turns.jsonl"
+    report.write_text("\n".join(lines) + "\n")
+    assert main(["eval", "--rescore", str(report)]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["turns"] == 30 and figures["report"] == str(report)
+
+    report.write_text(lines[0] + "\n{not json\n")
+    assert main(["eval", "--rescore", str(report)]) == 2
+    assert "report line 2" in capsys.readouterr().err
