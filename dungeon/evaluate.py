@@ -30,13 +30,18 @@ from pathlib import Path
 
 from dungeon.cleanup import loop_score
 from dungeon.commands import parse_input
+from dungeon.context import ContextSettings
 from dungeon.corpus import first_person_slip, read_validation_list
 from dungeon.format import read_story_file
 from dungeon.game import Game, GameSettings
 from dungeon.generator import Generator
 from dungeon.story import Story
 
-LOOP_THRESHOLD = 0.6
+# A loop is judged as Game judges it: against the last few responses, by shared trigrams.
+LOOP_THRESHOLD = GameSettings.loop_threshold
+RECENT = GameSettings.loop_window
+PERPLEXITY_WINDOW = ContextSettings.budget
+"""Tokens per perplexity window: play's default context budget."""
 # The response acting for the player: a marker (at a line start, or run on after other text:
 # "...the door.> You run"), or narrating the player's next choice.
 _IMPERSONATION = re.compile(
@@ -172,7 +177,12 @@ def rescore(lines: list[str]) -> PlaytestResult:
             row = json.loads(line)
             name, text = row["playtest"], row["response"]
             record = measure_turn(
-                name, row["index"], row["input"], text, history.get(name, [])[-4:], row["seconds"]
+                name,
+                row["index"],
+                row["input"],
+                text,
+                history.get(name, [])[-RECENT:],
+                row["seconds"],
             )
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"report line {n}: not a turn record ({err})") from None
@@ -198,7 +208,7 @@ def run_playtests(
         for i, raw in enumerate(test.inputs):
             parsed = parse_input(raw)
             mode = parsed.name if parsed.kind == "action" else "do"
-            recent = [t.response for t in game.story.turns[-4:]]
+            recent = [t.response for t in game.story.turns[-RECENT:]]
             started = time.perf_counter()
             try:
                 turn = game.act(parsed.text, mode)  # type: ignore[arg-type]
@@ -229,19 +239,18 @@ def validation_texts(stories: Path) -> list[str]:
 
 
 def perplexity(
-    model, tokenizer, texts: list[str], *, window: int = 1024, stride: int = 512
+    model,
+    tokenizer,
+    texts: list[str],
+    *,
+    window: int = PERPLEXITY_WINDOW,
+    stride: int = PERPLEXITY_WINDOW // 2,
 ) -> float:
     """Token-weighted perplexity of ``texts`` (each followed by EOS), with a sliding window
     for texts longer than ``window`` tokens (each token is scored once, with up to
-    ``window - stride`` tokens of context carried over). The window shrinks to the model's
-    own when that is shorter."""
+    ``window - stride`` tokens of context carried over)."""
     import torch
 
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(
-        model.config, "n_positions", None
-    )
-    if limit and window > limit:  # a model with a shorter window than asked: use all of it
-        window, stride = limit, min(stride, limit // 2)
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
     eos = tokenizer.eos_token or ""
@@ -333,7 +342,10 @@ def cmd_eval(args) -> int:
             print("(no perplexity: this generator exposes no model)", file=sys.stderr)
             figures["perplexity"] = None
         else:
-            figures["perplexity"] = round(perplexity(model, tok, texts), 3)
+            # Play's context budget, or the model's own window where that is shorter.
+            window = min(PERPLEXITY_WINDOW, getattr(generator, "context_window", PERPLEXITY_WINDOW))
+            ppl = perplexity(model, tok, texts, window=window, stride=window // 2)
+            figures["perplexity"] = round(ppl, 3)
     if not args.no_playtest:
         with contextlib.ExitStack() as stack:
             report = None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -72,3 +74,12 @@ def tiny_lora(tiny_gpt2, tmp_path_factory) -> Path:
     info = {"format": FormatSpec().to_dict(), "base": str(tiny_gpt2), "training": {}}
     (out / "dungeon.json").write_text(json.dumps(info))
     return out
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module (scripts are programs, not part of the package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 from test_corpus_data import make_story, write_corpus
 
 from dungeon.format import FormatSpec, render_story_file
@@ -28,11 +29,7 @@ SCRIPT = ROOT / "scripts" / "finetune.py"
 
 @pytest.fixture(scope="module")
 def finetune():
-    spec = importlib.util.spec_from_file_location("finetune_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("finetune")
 
 
 @pytest.fixture(scope="module")

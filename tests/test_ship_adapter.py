@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from dungeon.generator import SamplingSettings
 from dungeon.models import load_generator
@@ -19,13 +18,7 @@ PROMPT = "You wake in a cellar that smells of apples.\n\n> You climb the stairs.
 
 @pytest.fixture(scope="module")
 def ship_script():
-    spec = importlib.util.spec_from_file_location(
-        "ship_adapter_script", ROOT / "scripts" / "ship_adapter.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("ship_adapter")
 
 
 @pytest.fixture(autouse=True)
@@ -105,17 +98,12 @@ def test_the_shipped_adapter_is_16bit_small_and_made_for_the_built_in_base():
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "smollm2-135m"
     assert (folder / "adapter_model.safetensors").stat().st_size <= 20 * 2**20
-    header = json.loads(_safetensors_header(folder / "adapter_model.safetensors"))
-    dtypes = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
-    assert dtypes <= {"F16", "BF16"}, dtypes
+    from safetensors.torch import load_file
+
+    dtypes = {str(w.dtype) for w in load_file(folder / "adapter_model.safetensors").values()}
+    assert dtypes <= {"torch.float16", "torch.bfloat16"}, dtypes
     info = json.loads((folder / "dungeon.json").read_text())
     assert (
         info["kind"] == "lora"
         and info["results"]["perplexity_after"] < info["results"]["perplexity_before"]
     )
-
-
-def _safetensors_header(path: Path) -> str:
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        return f.read(size).decode("utf-8")
