@@ -36,6 +36,74 @@ SHORTCUTS = {
     "z": "wait",
 }
 VERB_SHORTCUTS = {"x": "examine", "g": "get"}
+# A shortcut's object that already has one of these needs no "the": "x my lamp", "g all".
+DETERMINERS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "my",
+        "your",
+        "his",
+        "her",
+        "its",
+        "our",
+        "their",
+        "this",
+        "that",
+        "these",
+        "those",
+        "some",
+        "any",
+        "all",
+        "every",
+        "each",
+        "me",
+        "myself",
+        "yourself",
+        "it",
+        "him",
+        "them",
+        "everything",
+    ]
+)
+# Words after which a "me" belongs to someone else's clause: "ask her to help me" keeps "you".
+OTHER_AGENTS = frozenset(
+    [
+        "him",
+        "her",
+        "them",
+        "it",
+        "us",
+        "he",
+        "she",
+        "they",
+        "someone",
+        "somebody",
+        "everyone",
+        "anyone",
+        "the",
+        "a",
+        "an",
+        "his",
+        "their",
+        "its",
+        "this",
+        "that",
+        "to",
+        "and",
+        "but",
+        "while",
+        "when",
+        "who",
+        "which",
+        "let",
+        "make",
+        "tell",
+        "ask",
+        "help",
+    ]
+)
 
 # First person -> second person. Pairs first, so "I am" never becomes "you am".
 _PAIRS = {
@@ -204,7 +272,8 @@ def _do(text: str) -> str:
     else:
         first, _, rest = text.partition(" ")
         if first.lower() in VERB_SHORTCUTS and rest:
-            text = f"{VERB_SHORTCUTS[first.lower()]} {rest}"
+            text = f"{VERB_SHORTCUTS[first.lower()]} {_with_article(rest)}"
+    text = _reflexive_me(text)
     text = second_person(text)
     # "You you open the door": players type "you" themselves; keep one.
     text = re.sub(r"^(you)(\s+you\b)+", r"\1", text, flags=re.IGNORECASE)
@@ -223,6 +292,31 @@ def _do(text: str) -> str:
         keep_case = first.isupper() and len(first) > 1  # an acronym: "TV", "NPC"
         text = "You " + (text if keep_case else text[0].lower() + text[1:])
     return _end_punctuation(text)
+
+
+def _with_article(obj: str) -> str:
+    """ "lamp" -> "the lamp" for a shortcut's object; "my lamp", "all", "Bob" stay as typed."""
+    word = obj.split(" ", 1)[0]
+    if word.lower() in DETERMINERS or word[:1].isupper() or word[:1].isdigit():
+        return obj
+    return "the " + obj
+
+
+def _reflexive_me(text: str) -> str:
+    """ "look at me" -> "look at myself": the player acting on themself, which second_person
+    then makes "yourself". Only while the player is the subject: not in "the goblin hits me",
+    nor in another's clause ("ask her to help me"), nor inside quotes."""
+    words = re.findall(r"[A-Za-z']+", text.split('"', 1)[0].split("“", 1)[0])
+    if not words or words[0].lower() in NO_SUBJECT_WORDS:
+        return text
+    start = 1 if words[0].lower() == "i" else 0
+    for word in words[start:]:
+        low = word.lower()
+        if low == "me":
+            return re.sub(r"\bme\b", "myself", text, count=1, flags=re.IGNORECASE)
+        if low in OTHER_AGENTS:
+            return text
+    return text
 
 
 def _say(text: str) -> str:

@@ -94,19 +94,12 @@ def drop_repeated_sentences(text: str) -> str:
     return " ".join(kept)
 
 
-def shingles(text: str, n: int = 3) -> set[tuple[str, ...]]:
+def word_ngrams(text: str, n: int = 3) -> set[tuple[str, ...]]:
+    """The word n-grams of ``text`` (lower case), for loop detection."""
     words = re.findall(r"\w+", text.lower())
     if len(words) < n:
         return {tuple(words)} if words else set()
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
-
-
-def similarity(a: str, b: str) -> float:
-    """Jaccard similarity of word trigrams, 0 (nothing shared) to 1 (the same words)."""
-    sa, sb = shingles(a), shingles(b)
-    if not sa or not sb:
-        return 0.0
-    return len(sa & sb) / len(sa | sb)
 
 
 @dataclass(frozen=True)
@@ -141,7 +134,7 @@ def clean_response(raw: str, stops: tuple[str, ...] = STOP_STRINGS) -> Cleaned:
 
 def containment(a: str, b: str) -> float:
     """Share of ``a``'s word trigrams that also occur in ``b`` (1.0: ``a`` repeats ``b``)."""
-    sa, sb = shingles(a), shingles(b)
+    sa, sb = word_ngrams(a), word_ngrams(b)
     if not sa or not sb:
         return 0.0
     return len(sa & sb) / len(sa)

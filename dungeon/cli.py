@@ -15,6 +15,13 @@ import sys
 from pathlib import Path
 
 from dungeon.config import DEFAULT_MODEL, ConfigError, config_file, merge, read_config
+from dungeon.errors import ModelNotFoundError, UnsafeModelError
+from dungeon.evaluate import add_eval_parser
+from dungeon.saves import SaveError
+from dungeon.scenarios import ScenarioError
+
+# Problems whose message says what to do: printed without a traceback wall.
+USER_ERRORS = (ModelNotFoundError, UnsafeModelError, ScenarioError, SaveError)
 
 
 def _play_parser(sub) -> argparse.ArgumentParser:
@@ -29,7 +36,7 @@ def _play_parser(sub) -> argparse.ArgumentParser:
         ),
         epilog=(
             f"Defaults for these options can be kept in {config_file()} (TOML, e.g. "
-            'model = "smollm2-135m", temperature = 0.7, color = false). Colours are also off '
+            f'model = "{DEFAULT_MODEL}", temperature = 0.7, color = false). Colours are also off '
             "when the NO_COLOR environment variable is set. Saves, input history and the error "
             "log live in the user data folder."
         ),
@@ -101,6 +108,12 @@ def _play_parser(sub) -> argparse.ArgumentParser:
     s.add_argument(
         "--context-budget", type=int, dest="context_budget", help="prompt tokens (default 1024)"
     )
+    s.add_argument(
+        "--candidates",
+        type=int,
+        help="responses written per turn in one batch, 1-8 (default 1); Alt-Left/Right or "
+        "/choose N flips between them, /retry shows the next",
+    )
 
     p.add_argument(
         "--no-color", action="store_const", const=False, dest="color", help="plain text, no colours"
@@ -132,6 +145,7 @@ def _options(args: argparse.Namespace):
             "min_new_tokens",
             "ban_marker",
             "context_budget",
+            "candidates",
         ]
     }
     flags["premise_file"] = args.premise
@@ -141,7 +155,7 @@ def _options(args: argparse.Namespace):
 
 
 def cmd_play(args: argparse.Namespace) -> int:
-    from dungeon.play import run_piped
+    from dungeon.piped import run_piped
 
     opts = _options(args)
     if not sys.stdin.isatty():
@@ -152,7 +166,7 @@ def cmd_play(args: argparse.Namespace) -> int:
 
 
 def cmd_check_corpus(args: argparse.Namespace) -> int:
-    from dungeon.corpus import check_corpus
+    from dungeon.corpus.check import check_corpus
 
     count = None
     if not args.no_tokens:
@@ -189,12 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("folder", nargs="?", type=Path, default=Path("stories"))
     c.add_argument("--no-tokens", action="store_true", help="skip the GPT-2 token count")
     c.set_defaults(func=cmd_check_corpus)
-    try:
-        from dungeon.evaluate import add_eval_parser
-    except ImportError:
-        pass
-    else:
-        add_eval_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 
@@ -206,20 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except ConfigError as err:
+    except (ConfigError, *USER_ERRORS) as err:
         print(f"dungeon: {err}", file=sys.stderr)
         return 2
-    except Exception as err:
-        # Model and start-up problems carry a message that says what to do: no traceback wall.
-        if type(err).__name__ in (
-            "ModelNotFoundError",
-            "UnsafeModelError",
-            "ScenarioError",
-            "SaveError",
-        ):
-            print(f"dungeon: {err}", file=sys.stderr)
-            return 2
-        raise
     except KeyboardInterrupt:
         print("", file=sys.stderr)
         return 130

@@ -12,8 +12,10 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from dungeon import saves
+from dungeon.format import Mode
 from dungeon.game import NothingToDo
 from dungeon.session import Session, check_slot, list_saves
 from dungeon.story import WorldEntry
@@ -74,11 +76,15 @@ class UnknownCommand(Exception):
 
 @dataclass(frozen=True)
 class Parsed:
-    """One line of player input: a command (with its argument text) or an action."""
+    """One line of player input: a command with its argument text, or an action."""
 
-    kind: str  # "command" or "action"
-    name: str  # command name, or the mode of the action
+    kind: Literal["command", "action"]
     text: str
+    """The command's arguments, or the action as typed (without its ``"`` or ``!``)."""
+    command: str = ""
+    """The command's name (lower case) when ``kind`` is "command"."""
+    mode: Mode = "do"
+    """How the action is played when ``kind`` is "action": do, say or story."""
 
 
 def parse_input(line: str) -> Parsed:
@@ -86,14 +92,14 @@ def parse_input(line: str) -> Parsed:
     stripped = line.strip()
     if stripped.startswith("/") and len(stripped) > 1 and not stripped.startswith("//"):
         name, _, rest = stripped[1:].partition(" ")
-        return Parsed("command", name.lower(), rest.strip())
+        return Parsed("command", rest.strip(), command=name.lower())
     if stripped.startswith("//"):  # "//" escapes a literal slash
-        return Parsed("action", "do", stripped[1:])
+        return Parsed("action", stripped[1:], mode="do")
     if stripped.startswith('"') or stripped.startswith("“"):
-        return Parsed("action", "say", stripped)
+        return Parsed("action", stripped, mode="say")
     if stripped.startswith("!"):
-        return Parsed("action", "story", stripped[1:].strip())
-    return Parsed("action", "do", stripped)
+        return Parsed("action", stripped[1:].strip(), mode="story")
+    return Parsed("action", stripped, mode="do")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,22 +110,32 @@ cmd = REGISTRY.add
 
 
 def show_stream(session: Session, pieces, what: str = "turn") -> None:
-    """Write streamed story text; Ctrl-C cancels it and the story stays as it was."""
+    """Write streamed story text; Ctrl-C cancels it and the story stays as it was.
+
+    When the turn's chosen response is not what was streamed (a better candidate finished
+    after the first was shown), the chosen one is shown after it.
+    """
+    shown = []
     try:
         for piece in pieces:
+            shown.append(piece)
             session.out.story_piece(piece)
     except KeyboardInterrupt:
         session.out.end_story()
         session.out.system(f"({what} cancelled; the story is as it was)")
         return
     session.out.end_story()
+    turn = session.game.story.turns[-1] if session.game.story.turns else None
+    if turn is not None and " ".join("".join(shown).split()) != " ".join(turn.response.split()):
+        session.out.system(f"(response {turn.chosen + 1} of {len(turn.candidates)} reads better:)")
+        session.out.story(turn.response)
     if session.game.last_flagged:
         session.out.system("(this response may repeat itself; /retry for another)")
 
 
-def play_turn(session: Session, text: str, mode: str) -> None:
+def play_turn(session: Session, text: str, mode: Mode) -> None:
     """Play one turn to the output (the input's notice, if any, first)."""
-    stream = session.game.stream(text, mode)  # type: ignore[arg-type]
+    stream = session.game.stream(text, mode)
     if session.game.last_notice:
         session.out.system(session.game.last_notice)
     show_stream(session, stream)
@@ -183,6 +199,29 @@ def _retry(session: Session, args: str) -> None:
     show_stream(session, session.game.retry_stream(), "retry")
 
 
+@cmd(
+    "choose",
+    "/choose [N]",
+    "Show response N of the last turn (its candidates and retries); without N, list them.",
+)
+def _choose(session: Session, args: str) -> None:
+    game = session.game
+    if not game.story.turns:
+        raise NothingToDo("nothing to choose: the story has no turns yet")
+    turn = game.story.turns[-1]
+    if not args:
+        lines = [f"The last turn has {len(turn.candidates)} response(s):"]
+        for i, c in enumerate(turn.candidates, start=1):
+            mark = "*" if i - 1 == turn.chosen else " "
+            first = " ".join(c.text.split())[:70] or "(empty)"
+            lines.append(f" {mark}{i}. {first}{'' if c.shown else '  (new)'}")
+        session.out.system("\n".join(lines))
+        return
+    turn = game.choose(_index(args, "response", verb="show"))
+    session.out.system(f"Response {turn.chosen + 1} of {len(turn.candidates)}:")
+    session.out.story(turn.response)
+
+
 @cmd("alter", "/alter [TEXT]", "Edit the last response (opens an editor without TEXT).")
 def _alter(session: Session, args: str) -> None:
     game = session.game
@@ -218,11 +257,11 @@ def _remember(session: Session, args: str) -> None:
     )
 
 
-def _index(args: str, what: str) -> int:
+def _index(args: str, what: str, verb: str = "remove") -> int:
     try:
         n = int(args)
     except ValueError:
-        raise ValueError(f"give the number of the {what} to remove, e.g. 1") from None
+        raise ValueError(f"give the number of the {what} to {verb}, e.g. 1") from None
     return n - 1
 
 
@@ -291,7 +330,7 @@ def _world(session: Session, args: str) -> None:
     "set",
     "/set KEY VALUE",
     "Change a setting, e.g. /set temperature 0.7 (see /settings).",
-    arguments=lambda s: list((s.game.sampling.to_dict() if s else {}).keys()),
+    arguments=lambda s: [*(s.game.sampling.to_dict() if s else {}), "candidates"] if s else [],
 )
 def _set(session: Session, args: str) -> None:
     key, _, value = args.partition(" ")
@@ -299,6 +338,10 @@ def _set(session: Session, args: str) -> None:
         raise ValueError("use: /set KEY VALUE (see /settings for the keys)")
     aliases = {"temp": "temperature", "max_tokens": "max_new_tokens", "length": "max_new_tokens"}
     key = aliases.get(key.lower(), key.lower())
+    if key == "candidates":
+        session.game.set_candidates(value.strip())
+        session.out.system(f"candidates = {session.game.settings.candidates}")
+        return
     new = session.game.set_sampling(key, value.strip())
     session.out.system(f"{key} = {getattr(new, key)}")
     session.autosave()
@@ -309,6 +352,7 @@ def _settings(session: Session, args: str) -> None:
     s = session.game.sampling.to_dict()
     ctx = session.game.context_settings
     lines = [f"  {k:<20} {v}" for k, v in s.items()]
+    lines.append(f"  {'candidates':<20} {session.game.settings.candidates}")
     lines.append(f"  {'context budget':<20} {ctx.budget} tokens")
     session.out.system("\n".join(lines))
 
@@ -339,14 +383,7 @@ def _load(session: Session, args: str) -> None:
         name = found[0][0]
     session.load(name)
     session.out.system(f"Loaded {check_slot(name)}.")
-    story = session.game.story
-    recent = story.turns[-2:]
-    if len(story.turns) <= 2:
-        session.out.story(story.premise)
-    for t in recent:
-        if t.action:
-            session.out.player(t.action)
-        session.out.story(t.response)
+    session.show_recent()
 
 
 @cmd("saves", "/saves", "List saved games.")
@@ -413,12 +450,12 @@ def dispatch(session: Session, line: str) -> None:
     parsed = parse_input(line)
     try:
         if parsed.kind == "command":
-            c = REGISTRY.find(parsed.name)
+            c = REGISTRY.find(parsed.command)
             c.handler(session, parsed.text)
         else:
             if parsed.text:
                 session.out.player(_echo(parsed))
-            play_turn(session, parsed.text, parsed.name)
+            play_turn(session, parsed.text, parsed.mode)
     except (UnknownCommand, NothingToDo, ValueError, IndexError, saves.SaveError) as err:
         session.out.error(str(err))
 
@@ -426,4 +463,4 @@ def dispatch(session: Session, line: str) -> None:
 def _echo(parsed: Parsed) -> str:
     from dungeon.actions import make_action
 
-    return make_action(parsed.text, parsed.name).text  # type: ignore[arg-type]
+    return make_action(parsed.text, parsed.mode).text

@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from dungeon.builtin_model import BUILTIN_MODEL
+from dungeon.game import MAX_CANDIDATES
 from dungeon.generator import SamplingSettings
 from dungeon.paths import config_dir
 
@@ -26,7 +28,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_MODEL = BUILTIN_MODEL
+"""The model ``dungeon play`` uses when none is given: the built-in offline base."""
 
 
 class ConfigError(ValueError):
@@ -53,7 +56,8 @@ class PlayOptions:
     color: bool = True
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     context_budget: int = 1024
-    config_path: Path | None = None
+    candidates: int = 1
+    """Responses written per turn in one batch (flip between them; retry shows the next)."""
 
 
 SAMPLING_KEYS = {f.name for f in fields(SamplingSettings)}
@@ -65,6 +69,7 @@ TOP_KEYS = {
     "threads",
     "color",
     "context_budget",
+    "candidates",
     "scenario",
     "allow_pickle",
 }
@@ -104,4 +109,8 @@ def merge(config: dict, flags: dict) -> PlayOptions:
     opts = PlayOptions(**{k: v for k, v in merged.items() if k in known}, sampling=settings)
     if opts.premise_file is not None:
         opts.premise_file = Path(opts.premise_file)
+    if not isinstance(opts.candidates, int) or not 1 <= opts.candidates <= MAX_CANDIDATES:
+        raise ConfigError(
+            f"candidates must be between 1 and {MAX_CANDIDATES}, got {opts.candidates}"
+        )
     return opts

@@ -28,13 +28,15 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from dungeon.builtin_model import BUILTIN_MODEL
 from dungeon.cleanup import loop_score
 from dungeon.commands import parse_input
 from dungeon.context import ContextSettings
-from dungeon.corpus import first_person_slip, read_validation_list
+from dungeon.corpus.check import first_person_slip
+from dungeon.corpus.sources import find_stories
 from dungeon.format import read_story_file
 from dungeon.game import Game, GameSettings
-from dungeon.generator import Generator
+from dungeon.generator import Generator, Scorer
 from dungeon.story import Story
 
 # A loop is judged as Game judges it: against the last few responses, by shared trigrams.
@@ -207,11 +209,11 @@ def run_playtests(
         game = Game(generator, Story(premise=test.premise, seed=seed * 1000 + k), settings)
         for i, raw in enumerate(test.inputs):
             parsed = parse_input(raw)
-            mode = parsed.name if parsed.kind == "action" else "do"
+            mode = parsed.mode if parsed.kind == "action" else "do"
             recent = [t.response for t in game.story.turns[-RECENT:]]
             started = time.perf_counter()
             try:
-                turn = game.act(parsed.text, mode)  # type: ignore[arg-type]
+                turn = game.act(parsed.text, mode)
             except Exception as err:  # a crash is a finding, not the end of the eval
                 result.crashes.append(f"{test.name} turn {i + 1}: {type(err).__name__}: {err}")
                 continue
@@ -229,51 +231,29 @@ def run_playtests(
 
 
 def validation_texts(stories: Path) -> list[str]:
-    names = read_validation_list(stories)
-    if not names:
+    """The model text of every held-out story of ``stories`` (dungeon.corpus.sources)."""
+    files = find_stories(stories)
+    if files.problems:
+        raise ValueError("\n".join(files.problems))
+    if not files.held_out:
         raise ValueError(
             f"{stories}/validation.txt lists no stories: pass --stories with a corpus folder "
             "that has one (or --no-perplexity)"
         )
-    return [read_story_file(stories / n).model_text() for n in names]
+    return [read_story_file(path).model_text() for path in files.held_out]
 
 
-def perplexity(
-    model,
-    tokenizer,
-    texts: list[str],
-    *,
-    window: int = PERPLEXITY_WINDOW,
-    stride: int = PERPLEXITY_WINDOW // 2,
-) -> float:
-    """Token-weighted perplexity of ``texts`` (each followed by EOS), with a sliding window
-    for texts longer than ``window`` tokens (each token is scored once, with up to
-    ``window - stride`` tokens of context carried over)."""
-    import torch
+def perplexity(scorer: Scorer, texts: list[str], *, window: int = PERPLEXITY_WINDOW) -> float:
+    """Token-weighted perplexity of ``texts``, each followed by the end-of-text token.
 
-    device = next(model.parameters()).device
-    total_nll, total_tokens = 0.0, 0
-    eos = tokenizer.eos_token or ""
-    with torch.inference_mode():
-        for text in texts:
-            ids = tokenizer(text + eos, return_tensors="pt").input_ids[0]
-            scored_upto = 1  # the first token has no context to be predicted from
-            start = 0
-            while scored_upto < len(ids):
-                end = min(start + window, len(ids))
-                chunk = ids[start:end].unsqueeze(0).to(device)
-                logits = model(chunk).logits.float()[0, :-1]
-                targets = chunk[0, 1:]
-                nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-                first_new = scored_upto - start - 1  # position in nll of the first unscored token
-                new = nll[max(0, first_new) :]
-                total_nll += float(new.sum())
-                total_tokens += int(new.numel())
-                scored_upto = end
-                if end == len(ids):
-                    break
-                start = end - (window - stride)
-    return math.exp(total_nll / total_tokens)
+    Texts longer than ``window`` tokens are read with a sliding window (each token scored
+    once, with at least half a window of context: see Scorer.token_logprobs)."""
+    logprobs = [
+        lp for text in texts for lp in scorer.token_logprobs("", text, end=True, window=window)
+    ]
+    if not logprobs:
+        raise ValueError("no tokens to score: the texts are empty")
+    return math.exp(-math.fsum(logprobs) / len(logprobs))
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -281,9 +261,7 @@ def perplexity(
 
 def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="measure a model: held-out perplexity and a scripted playtest")
-    p.add_argument(
-        "--model", default="smollm2-135m", help="model (built-in name, folder or hub id)"
-    )
+    p.add_argument("--model", default=BUILTIN_MODEL, help="model (built-in name, folder or hub id)")
     a = p.add_mutually_exclusive_group()
     a.add_argument("--adapter", help="LoRA adapter folder")
     a.add_argument(
@@ -319,7 +297,7 @@ def cmd_eval(args) -> int:
         print_figures({"report": str(args.rescore), **result.summary()})
         return 0
     from dungeon.config import PlayOptions
-    from dungeon.play import build_generator
+    from dungeon.startup import build_generator  # picks the threads as play does
 
     try:  # bad scripts or a bad corpus fail before the model loads
         tests = [] if args.no_playtest else load_playtests(args.playtests)[: args.limit]
@@ -337,15 +315,13 @@ def cmd_eval(args) -> int:
         "load_s": round(load_s, 2),
     }
     if not args.no_perplexity:
-        model, tok = getattr(generator, "model", None), getattr(generator, "tokenizer", None)
-        if model is None or tok is None:
-            print("(no perplexity: this generator exposes no model)", file=sys.stderr)
-            figures["perplexity"] = None
-        else:
+        if isinstance(generator, Scorer):
             # Play's context budget, or the model's own window where that is shorter.
-            window = min(PERPLEXITY_WINDOW, getattr(generator, "context_window", PERPLEXITY_WINDOW))
-            ppl = perplexity(model, tok, texts, window=window, stride=window // 2)
-            figures["perplexity"] = round(ppl, 3)
+            window = min(PERPLEXITY_WINDOW, generator.context_window)
+            figures["perplexity"] = round(perplexity(generator, texts, window=window), 3)
+        else:
+            print("(no perplexity: this backend cannot score text)", file=sys.stderr)
+            figures["perplexity"] = None
     if not args.no_playtest:
         with contextlib.ExitStack() as stack:
             report = None

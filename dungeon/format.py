@@ -231,12 +231,10 @@ def read_story_file(path) -> StoryFile:
     """Read and parse a story file; bytes that are not UTF-8 are reported with their line."""
     from pathlib import Path
 
-    data = Path(path).read_bytes()
+    from dungeon.text_files import NotUTF8Error, decode_utf8
+
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise StoryFormatError(
-            [f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save it as UTF-8"]
-        ) from None
+        text = decode_utf8(Path(path).read_bytes(), str(path))
+    except NotUTF8Error as err:
+        raise StoryFormatError([str(err)]) from None
     return parse_story_file(text, str(path))

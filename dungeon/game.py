@@ -18,7 +18,7 @@ interrupted with Ctrl-C) leaves the story exactly as it was.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Generator as PyGenerator
 from dataclasses import dataclass, field, replace
 
@@ -26,7 +26,7 @@ from dungeon.actions import Action, make_action
 from dungeon.cleanup import clean_response, loop_score, sanitize, stream_view
 from dungeon.context import Context, ContextSettings, build_context
 from dungeon.format import Mode, turn_prefix
-from dungeon.generator import Generator, SamplingSettings
+from dungeon.generator import BatchGenerator, Generator, SamplingSettings
 from dungeon.story import Candidate, Story, Turn, WorldEntry
 
 
@@ -41,14 +41,33 @@ class GameSettings:
     """A response sharing this share of its word trigrams with a recent one is a loop."""
     loop_window: int = 4
     """How many recent responses a new one is compared with."""
+    candidates: int = 1
+    """Responses written per turn in one batch; the picker chooses which one is shown, and the
+    others wait for a retry or a flip (``choose``)."""
 
     def __post_init__(self) -> None:
+        if not 1 <= self.candidates <= MAX_CANDIDATES:
+            raise ValueError(
+                f"candidates must be between 1 and {MAX_CANDIDATES}, got {self.candidates}"
+            )
         if not 1 <= self.max_attempts <= 10:
             raise ValueError(f"max_attempts must be between 1 and 10, got {self.max_attempts}")
         if not 0.0 < self.loop_threshold <= 1.0:
             raise ValueError("loop_threshold must be in (0, 1]")
         if self.loop_window < 0:
             raise ValueError("loop_window must be 0 or more")
+
+
+MAX_CANDIDATES = 8
+
+Picker = Callable[[Context, Sequence[Candidate]], int]
+"""Chooses which of a turn's candidates is shown: gets the context they were written for and
+the usable candidates (in batch order), returns an index into them."""
+
+
+def first_candidate(context: Context, candidates: Sequence[Candidate]) -> int:
+    """The default picker: the first usable candidate, as a single generation would give."""
+    return 0
 
 
 class NothingToDo(Exception):
@@ -71,6 +90,7 @@ class Game:
         *,
         sampling: SamplingSettings | None = None,
         on_commit: Callable[[Game], None] | None = None,
+        picker: Picker = first_candidate,
     ):
         self.generator = generator
         self.story = Story(premise=story) if isinstance(story, str) else story
@@ -81,6 +101,8 @@ class Game:
         self.sampling = sampling or generator.settings
         self.on_commit = on_commit
         """Called after every change to the story (a UI autosaves here)."""
+        self.picker = picker
+        """Chooses among a turn's candidates (see ``Picker``); the default keeps the first."""
         self.last_context: Context | None = None
         self.last_notice: str | None = None
         self.last_flagged = False
@@ -99,23 +121,41 @@ class Game:
         self.sampling = self.sampling.with_value(key, raw)
         return self.sampling
 
+    def set_candidates(self, raw: str | int) -> int:
+        """Change how many responses each turn writes (1 to MAX_CANDIDATES)."""
+        try:
+            n = int(raw)
+        except ValueError:
+            raise ValueError(f"candidates takes a whole number, got {raw!r}") from None
+        self.settings = replace(self.settings, candidates=n)
+        return n
+
     # --- turns ----------------------------------------------------------------------------
-    def act(self, text: str, mode: Mode = "do") -> Turn:
-        """Play one turn and return it (the whole response at once)."""
+    def act(self, text: str, mode: Mode = "do", *, candidates: int | None = None) -> Turn:
+        """Play one turn and return it (the whole response at once).
+
+        ``candidates`` (default: the settings') responses are written in one batch; the
+        picker chooses the one shown, and the rest wait for ``retry`` or ``choose``.
+        """
         action = self._action(text, mode)
-        gen = self._run(action.text, action.mode, self.story.turns, streaming=False)
+        gen = self._run(action.text, action.mode, self.story.turns, False, n=candidates)
         return self._commit_new(action, self._drain(gen))
 
-    def stream(self, text: str, mode: Mode = "do") -> Iterator[str]:
+    def stream(
+        self, text: str, mode: Mode = "do", *, candidates: int | None = None
+    ) -> Iterator[str]:
         """Play one turn, yielding cleaned text as it is written; commits at the end.
 
-        The action is read at once (``last_notice`` is set before the first piece).
+        With several candidates the first is streamed while the others finish; when the
+        picker (or cleanup) then prefers another, the committed turn's response is that one
+        (front ends compare it with what they showed). The action is read at once
+        (``last_notice`` is set before the first piece).
         """
-        return self._stream_turn(self._action(text, mode))
+        return self._stream_turn(self._action(text, mode), candidates)
 
-    def _stream_turn(self, action: Action) -> Iterator[str]:
-        candidate = yield from self._run(action.text, action.mode, self.story.turns, True)
-        self._commit_new(action, candidate)
+    def _stream_turn(self, action: Action, n: int | None) -> Iterator[str]:
+        found = yield from self._run(action.text, action.mode, self.story.turns, True, n=n)
+        self._commit_new(action, found)
 
     def continue_story(self) -> Turn:
         """Let the story go on with no player action."""
@@ -126,16 +166,24 @@ class Game:
         return self._drain(self.retry_stream())
 
     def retry_stream(self) -> PyGenerator[str, None, Turn]:
+        """Another response for the last turn: a ready candidate at once, else new ones."""
         last = self._last_turn("retry")
-        candidate = yield from self._run(
+        if last.ready:
+            last.chosen = last.ready[0]
+            last.candidates[last.chosen].shown = True
+            yield last.response
+            self._changed()
+            return last
+        found = yield from self._run(
             last.action,
             last.mode,
             self.story.turns[:-1],
             True,
             candidate_index=len(last.candidates),
         )
-        last.candidates.append(candidate)
-        last.chosen = len(last.candidates) - 1
+        start = len(last.candidates)
+        last.candidates.extend(found.candidates)
+        last.chosen = start + found.chosen
         self._changed()
         return last
 
@@ -172,6 +220,7 @@ class Game:
         if not 0 <= index < len(last.candidates):
             raise IndexError(f"the last turn has {len(last.candidates)} responses")
         last.chosen = index
+        last.candidates[index].shown = True
         self._changed()
         return last
 
@@ -231,49 +280,97 @@ class Game:
         turns: list[Turn],
         streaming: bool,
         candidate_index: int = 0,
-    ) -> PyGenerator[str, None, Candidate]:
-        """Generate one response, retrying empty or looping ones; yield text when streaming."""
-        tail = turn_prefix(action, mode)
-        context = self._context(tail, turns)
+        n: int | None = None,
+    ) -> PyGenerator[str, None, _Found]:
+        """Write ``n`` responses in one batch, retrying when all are empty or loop; when
+        streaming, yield the first one's cleaned text as it comes. Returns the usable
+        candidates and the picker's choice."""
+        n = n or self.settings.candidates
+        if not 1 <= n <= MAX_CANDIDATES:
+            raise ValueError(f"candidates must be between 1 and {MAX_CANDIDATES}, got {n}")
+        context = self._context(turn_prefix(action, mode), turns)
         recent = [t.response for t in turns[-self.settings.loop_window :]] if turns else []
         threshold = self.settings.loop_threshold
         best: tuple[float, Candidate] | None = None
         for attempt in range(self.settings.max_attempts):
             last = attempt + 1 == self.settings.max_attempts
-            seed = turn_seed(self.story.seed, len(turns), candidate_index, attempt)
-            raw, shown, abandoned = "", "", False
-            pieces = self.generator.stream(context.text, seed=seed, settings=self.sampling)
+            seeds = [
+                turn_seed(self.story.seed, len(turns), candidate_index + i, attempt)
+                for i in range(n)
+            ]
+            raws, shown, abandoned = [""] * n, "", False
+            rows = self._rows(context.text, seeds)
             try:
-                for piece in pieces:
-                    raw += piece
-                    if not streaming:
+                for row, piece in rows:
+                    raws[row] += piece
+                    if not streaming or row != 0 or abandoned:
                         continue
-                    view = stream_view(raw)
+                    view = stream_view(raws[0])
                     if not shown and view and not last and loop_score(view, recent) >= threshold:
                         abandoned = True  # repeats a recent turn from its first sentence
-                        break
+                        if n == 1:
+                            break
+                        continue
                     if len(view) > len(shown) and view.startswith(shown):
                         yield view[len(shown) :]
                         shown = view
             finally:
+                close = getattr(rows, "close", None)
+                if close is not None:
+                    close()
+            found: list[Candidate] = []
+            for row, raw in enumerate(raws):
+                cleaned = clean_response(raw)
+                penalty = loop_score(cleaned.text, recent) + (0.0 if cleaned.text else 1.0)
+                cut_short = abandoned and row == 0
+                candidate = Candidate(
+                    cleaned.text, seeds[row], flagged=cut_short or penalty >= threshold
+                )
+                if not cut_short and (best is None or penalty < best[0]):
+                    best = (penalty, candidate)
+                found.append(candidate)
+            usable = [c for c in found if not c.flagged]
+            if not usable and shown:
+                usable = [found[0]]  # the player has read it: keep it, flagged
+            if not usable and last and best is not None:
+                usable = [best[1]]  # the least repetitive of the attempts
+            if not usable:
+                continue
+            chosen = self._pick(context, usable)
+            for i, c in enumerate(usable):
+                c.shown = i == chosen
+            pick = usable[chosen]
+            if streaming and pick.text.startswith(shown) and pick.text != shown:
+                yield pick.text[len(shown) :]
+            self.last_context = context
+            self._start_hint = context.first_turn
+            self.last_flagged = pick.flagged
+            return _Found(usable, chosen)
+        raise AssertionError("unreachable: the last attempt always returns")
+
+    def _rows(self, prompt: str, seeds: list[int]) -> Iterator[tuple[int, str]]:
+        """(row, piece) pairs for one batch: the backend's batched stream where it has one,
+        else one stream per seed in turn."""
+        if len(seeds) > 1 and isinstance(self.generator, BatchGenerator):
+            yield from self.generator.stream_batch(prompt, seeds=seeds, settings=self.sampling)
+            return
+        for row, seed in enumerate(seeds):
+            pieces = self.generator.stream(prompt, seed=seed, settings=self.sampling)
+            try:
+                for piece in pieces:
+                    yield row, piece
+            finally:
                 close = getattr(pieces, "close", None)
                 if close is not None:
                     close()
-            cleaned = clean_response(raw)
-            penalty = loop_score(cleaned.text, recent) + (0.0 if cleaned.text else 1.0)
-            candidate = Candidate(cleaned.text, seed, flagged=abandoned or penalty >= threshold)
-            if not abandoned and (best is None or penalty < best[0]):
-                best = (penalty, candidate)
-            if shown or not candidate.flagged or last:
-                if not shown and best is not None:
-                    candidate = best[1]  # the least repetitive of the attempts
-                if streaming and candidate.text.startswith(shown) and candidate.text != shown:
-                    yield candidate.text[len(shown) :]
-                self.last_context = context
-                self._start_hint = context.first_turn
-                self.last_flagged = candidate.flagged
-                return candidate
-        raise AssertionError("unreachable: the last attempt always returns")
+
+    def _pick(self, context: Context, usable: list[Candidate]) -> int:
+        if len(usable) == 1:
+            return 0
+        chosen = self.picker(context, usable)
+        if not 0 <= chosen < len(usable):
+            raise ValueError(f"the picker chose {chosen} of {len(usable)} candidates")
+        return chosen
 
     @staticmethod
     def _drain(gen: PyGenerator):
@@ -283,8 +380,8 @@ class Game:
             except StopIteration as stop:
                 return stop.value
 
-    def _commit_new(self, action: Action, candidate: Candidate) -> Turn:
-        turn = Turn(action.text, action.mode, [candidate])
+    def _commit_new(self, action: Action, found: _Found) -> Turn:
+        turn = Turn(action.text, action.mode, found.candidates, found.chosen)
         self.story.turns.append(turn)
         self.story.undone.clear()
         self._changed()
@@ -293,3 +390,11 @@ class Game:
     def _changed(self) -> None:
         if self.on_commit is not None:
             self.on_commit(self)
+
+
+@dataclass
+class _Found:
+    """The usable candidates of one generation and the index of the one shown."""
+
+    candidates: list[Candidate]
+    chosen: int

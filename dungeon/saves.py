@@ -6,6 +6,8 @@ save. Nothing in a save can run code: it is JSON read into plain dataclasses.
 
 Schema history (``version``):
   1. the first version.
+  2. a candidate records whether it has been shown (``shown``): batched candidates wait,
+     unshown, for a retry. Version 1 candidates were all shown.
 Older versions are upgraded by the functions in ``MIGRATIONS``, one step at a time.
 """
 
@@ -25,11 +27,25 @@ from dungeon.format import MODES
 from dungeon.story import Candidate, Story, Turn, WorldEntry
 
 SAVE_FORMAT = "dungeon-save"
-SAVE_VERSION = 1
+SAVE_VERSION = 2
 MAX_SAVE_BYTES = 50_000_000
 
+
+
+def _v1_to_v2(doc: dict) -> dict:
+    """Version 1 had no unshown candidates: every candidate was shown."""
+    story = doc.get("story")
+    if isinstance(story, dict):
+        for key in ("turns", "undone"):
+            for turn in story.get(key) or []:
+                for cand in (turn.get("candidates") or []) if isinstance(turn, dict) else []:
+                    if isinstance(cand, dict):
+                        cand["shown"] = True
+    return {**doc, "version": 2}
+
+
 # version -> function taking a save dict of that version and returning the next version.
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2}
 
 
 class SaveError(Exception):
@@ -57,7 +73,8 @@ def story_to_dict(story: Story) -> dict:
             "mode": t.mode,
             "chosen": t.chosen,
             "candidates": [
-                {"text": c.text, "seed": c.seed, "flagged": c.flagged} for c in t.candidates
+                {"text": c.text, "seed": c.seed, "flagged": c.flagged, "shown": c.shown}
+                for c in t.candidates
             ],
         }
 
@@ -144,7 +161,12 @@ def _turn(obj: Any, where: str) -> Turn:
     for j, c in enumerate(_need(obj, "candidates", list, where)):
         w = f"{where}.candidates[{j}]"
         cands.append(
-            Candidate(_text(c, "text", w), _need(c, "seed", int, w), bool(c.get("flagged")))
+            Candidate(
+                _text(c, "text", w),
+                _need(c, "seed", int, w),
+                bool(c.get("flagged")),
+                bool(_need(c, "shown", bool, w)),
+            )
         )
     try:
         return Turn(_text(obj, "action", where), mode, cands, _need(obj, "chosen", int, where))

@@ -163,6 +163,26 @@ def builtin_scenarios() -> dict[str, Scenario]:
     return found
 
 
+def scenario_catalogue(extra_dirs: list[Path] | None = None) -> tuple[dict[str, Scenario], list[str]]:
+    """Every scenario by name (built-in, then ``extra_dirs``, later folders winning), and one
+    problem line per file that cannot be read; a broken file never hides the others."""
+    problems: list[str] = []
+    try:
+        every = builtin_scenarios()
+    except (OSError, ValueError) as err:
+        every = {}
+        problems.append(f"cannot read the built-in scenarios: {err}")
+    for d in extra_dirs or []:
+        for p in sorted(Path(d).glob("*.json")):
+            try:
+                sc = load_scenario_file(p)
+            except ScenarioError as err:
+                problems.append(str(err))
+                continue
+            every[sc.name] = sc
+    return every, problems
+
+
 def find_scenario(name: str, extra_dirs: list[Path] | None = None) -> Scenario:
     """A scenario by name (built-in or in ``extra_dirs``) or by the path of a JSON file.
 
@@ -172,16 +192,7 @@ def find_scenario(name: str, extra_dirs: list[Path] | None = None) -> Scenario:
     path = Path(name)
     if path.suffix == ".json" and path.exists():
         return load_scenario_file(path)
-    every = builtin_scenarios()
-    broken: list[str] = []
-    for d in extra_dirs or []:
-        for p in sorted(Path(d).glob("*.json")):
-            try:
-                sc = load_scenario_file(p)
-            except ScenarioError as err:
-                broken.append(str(err))
-                continue
-            every[sc.name] = sc
+    every, broken = scenario_catalogue(extra_dirs)
     if name in every:
         return every[name]
     message = f"no scenario named {name!r}; choose one of: {', '.join(sorted(every))}"

@@ -1,13 +1,14 @@
 """A play session: one Game plus what a front end needs around it (saves, model info, output).
 
 The session owns autosave and named save slots in the user data folder. It knows nothing of
-terminals: front ends pass an ``Output`` (coloured terminal or plain text) and implement
-``edit`` (multi-line editing) and ``choose_start`` themselves.
+terminals: front ends pass an ``Output`` (coloured terminal or plain text) and the hooks
+``edit`` (multi-line editing) and ``restart`` (``/new``) where they can offer them.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,21 @@ def check_slot(name: str) -> str:
     return name
 
 
+def slot_path(name: str) -> Path:
+    """The save file of slot ``name`` (checked: no path tricks, a usable file name)."""
+    return saves_dir() / f"{check_slot(name)}.json"
+
+
+def new_slot(base: str) -> str:
+    """A fresh save slot for a new story, so that starting one never overwrites another."""
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-._")[:40] or "story"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name, n = f"{base}-{stamp}", 2
+    while slot_path(name).exists():
+        name, n = f"{base}-{stamp}-{n}", n + 1
+    return check_slot(name)
+
+
 def list_saves() -> list[tuple[str, float]]:
     """Save slots, newest first, as (name, modification time)."""
     folder = saves_dir()
@@ -79,7 +95,7 @@ class Session:
         return saves.SaveData(self.game.story, self.game.sampling.to_dict(), self.model_info)
 
     def path(self, slot: str | None = None) -> Path:
-        return saves_dir() / f"{check_slot(slot or self.slot)}.json"
+        return slot_path(slot or self.slot)
 
     def autosave(self) -> None:
         saves.save(self.path(), self.save_data())
@@ -97,6 +113,16 @@ class Session:
         self.replace_story(data.story, data.sampling)
         self.slot = check_slot(name)
         return path
+
+    def show_recent(self, turns: int = 2) -> None:
+        """The premise (while the story is young) and the last few turns: where we are."""
+        story = self.game.story
+        if len(story.turns) <= turns:
+            self.out.story(story.premise)
+        for turn in story.turns[-turns:] if turns else []:
+            if turn.action:
+                self.out.player(turn.action)
+            self.out.story(turn.response)
 
     def replace_story(self, story: Story, sampling: dict | None = None) -> None:
         game = self.game

@@ -19,6 +19,9 @@ class Candidate:
     seed: int
     flagged: bool = False
     """True when cleanup judged it poor (a loop, say) and no better candidate was found."""
+    shown: bool = True
+    """False for a candidate written in the same batch as the chosen one and not yet shown:
+    a retry shows it at once instead of generating."""
 
 
 @dataclass
@@ -45,6 +48,11 @@ class Turn:
     @property
     def seed(self) -> int:
         return self.candidates[self.chosen].seed
+
+    @property
+    def ready(self) -> list[int]:
+        """Indexes of candidates written but never shown, in order."""
+        return [i for i, c in enumerate(self.candidates) if not c.shown]
 
     @property
     def alternatives(self) -> list[Candidate]:

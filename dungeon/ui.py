@@ -23,80 +23,53 @@ Tests drive it with prompt_toolkit's pipe input and a dummy output::
 from __future__ import annotations
 
 import os
-import random
 import re
 import sys
-import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
-from prompt_toolkit import PromptSession, print_formatted_text
-from prompt_toolkit.completion import Completer, Completion, WordCompleter
-from prompt_toolkit.formatted_text import FormattedText
-from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit import PromptSession
+from prompt_toolkit.application import run_in_terminal
+from prompt_toolkit.completion import WordCompleter
+from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings
-from prompt_toolkit.output import ColorDepth, Output, create_output
-from prompt_toolkit.styles import Style
+from prompt_toolkit.output import Output, create_output
 
 from dungeon import saves
 from dungeon.cleanup import sanitize
-from dungeon.commands import REGISTRY, Registry, UnknownCommand, dispatch, parse_input
+from dungeon.commands import REGISTRY, dispatch, parse_input
 from dungeon.config import PlayOptions
 from dungeon.generator import Generator
 from dungeon.paths import data_dir
-from dungeon.play import (
-    MAX_PREMISE_BYTES,
+from dungeon.scenarios import Scenario, find_scenario
+from dungeon.session import Session, new_slot, slot_path
+from dungeon.startup import (
+    Start,
     StartError,
+    available_scenarios,
     build_generator,
+    fresh_seed,
     last_save,
-    make_game,
-    model_info,
-    start_story,
+    load_start,
+    open_session,
+    premise_story,
+    scenario_start,
+    start_from_options,
     user_scenario_dirs,
 )
-from dungeon.scenarios import (
-    Scenario,
-    ScenarioError,
-    builtin_scenarios,
-    find_scenario,
-    load_scenario_file,
-)
-from dungeon.session import Session, check_slot, saves_dir
-from dungeon.story import Story
+from dungeon.terminal_input import CommandCompleter, LoadingStatus, input_history, keys_not_echoed
+from dungeon.terminal_output import TerminalOutput
 from dungeon.wrap import WordWrapper
 
 HINT = (
     "Type what you do, or /help for the commands. Alt-Enter (or Esc Enter): new line, "
     "Tab: complete, Ctrl-C: cancel, Ctrl-D: save and quit."
 )
-SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
-SPINNER_ASCII = "-\\|/"
 MAX_INPUT_FAILURES = 3
-
-
-def make_style(color: bool) -> Style:
-    rules = {
-        "story": "",
-        "title": "bold",
-        "player": "ansicyan bold",
-        "echo": "ansibrightblack",
-        "system": "ansiyellow",
-        "error": "ansired bold",
-        "thinking": "ansibrightblack",
-        "prompt": "ansicyan bold",
-        "menu.key": "ansicyan bold",
-        "menu.name": "bold",
-    }
-    if color:  # without colours, prompt_toolkit's reverse-video toolbar stays readable
-        rules["bottom-toolbar"] = "noreverse bg:#303030 #c8c8c8"
-        rules["bottom-toolbar.dim"] = "#8a8a8a"
-    return Style.from_dict(rules)
 
 
 def log_path() -> Path:
@@ -127,404 +100,7 @@ def one_line(err: BaseException, limit: int = 200) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Output
-
-
-class TerminalOutput:
-    """``dungeon.session.Output`` on a prompt_toolkit output: wrapped, coloured text.
-
-    Story text from the Game is already sanitized and is shown as it is; everything else
-    (system messages, errors, echoed commands) is sanitized here. While a line of input runs,
-    ``thinking()`` shows a small spinner on an empty line until the first text arrives.
-    """
-
-    def __init__(self, output: Output, *, color: bool = True):
-        self.output = output
-        self.style = make_style(color)
-        self.color_depth = None if color else ColorDepth.DEPTH_1_BIT
-        self._lock = threading.RLock()
-        self._stream: WordWrapper | None = None  # the story block being streamed
-        self._stream_started = False
-        self._trailing = 2  # newlines at the end of the output so far (2: after a blank line)
-        self._last = ""  # kind of the last block, for spacing
-        self._mark = False  # the thinking spinner is on the screen
-        self._last_write = 0.0
-        self._spinner: tuple[threading.Thread, threading.Event] | None = None
-        try:
-            utf8 = self.output.encoding().lower().replace("-", "") == "utf8"
-        except Exception:
-            utf8 = False
-        self._frames = SPINNER if utf8 else SPINNER_ASCII
-
-    # --- the Output protocol ----------------------------------------------------------------
-    def story(self, text: str) -> None:
-        with self._lock:
-            self._begin("story", gap=True)
-            w = WordWrapper(self.width())
-            self._write("class:story", w.feed(text.strip()) + w.finish() + "\n")
-
-    def story_piece(self, text: str) -> None:
-        with self._lock:
-            if self._stream is None:
-                self._begin("story", gap=True)
-                self._stream, self._stream_started = WordWrapper(self.width()), False
-            if not self._stream_started:
-                text = text.lstrip()
-                if not text:
-                    return
-                self._stream_started = True
-            self._write("class:story", self._stream.feed(text))
-
-    def end_story(self) -> None:
-        with self._lock:
-            self._close_stream()
-
-    def player(self, text: str) -> None:
-        with self._lock:
-            self._begin("player", gap=True)
-            self._write("class:player", "> " + self._wrap(text, indent="  ", column=2) + "\n")
-
-    def system(self, text: str) -> None:
-        self._message("system", text)
-
-    def error(self, text: str) -> None:
-        self._message("error", text)
-
-    # --- more for the terminal ----------------------------------------------------------
-    def echo(self, line: str) -> None:
-        """A command as the player typed it (the prompt line is erased when it is done)."""
-        with self._lock:
-            self._begin("echo", gap=True)
-            text = " ".join(sanitize(line).split())
-            self._write("class:echo", "> " + self._wrap(text, indent="  ", column=2) + "\n")
-
-    def heading(self, text: str) -> None:
-        with self._lock:
-            self._begin("heading", gap=True)
-            self._write("class:title", self._wrap(sanitize(text).strip()) + "\n")
-
-    def fragments(self, fragments: list[tuple[str, str]], gap: bool = True) -> None:
-        """Preformatted (style, text) pieces, sanitized; for the start menu."""
-        with self._lock:
-            self._begin("fragments", gap=gap)
-            self._print([(style, sanitize(text)) for style, text in fragments])
-
-    def before_prompt(self, gap: bool = True) -> None:
-        """End any open line and (with ``gap``) leave a blank line above the prompt."""
-        with self._lock:
-            self._begin("prompt", gap=gap)
-
-    def width(self) -> int:
-        try:
-            columns = self.output.get_size().columns
-        except Exception:
-            columns = 80
-        return max(20, columns - 1)
-
-    @contextmanager
-    def thinking(self) -> Iterator[None]:
-        """Show a spinner on an empty line while the body runs and prints nothing."""
-        self._start_spinner()
-        try:
-            yield
-        finally:
-            self._stop_spinner()
-
-    @contextmanager
-    def paused(self) -> Iterator[None]:
-        """Stop the spinner for a while (to read input in the middle of a command)."""
-        running = self._spinner is not None
-        self._stop_spinner()
-        try:
-            yield
-        finally:
-            if running:
-                self._start_spinner()
-
-    # --- inside ---------------------------------------------------------------------------
-    def _message(self, kind: str, text: str) -> None:
-        with self._lock:
-            self._begin(kind, gap=self._last not in ("echo", "system", "error", "fragments"))
-            self._write(f"class:{kind}", self._wrap(sanitize(text).rstrip(), hang=True) + "\n")
-
-    def _wrap(self, text: str, indent: str = "", column: int = 0, hang: bool = False) -> str:
-        w = WordWrapper(self.width(), indent=indent, column=column, hang=hang)
-        return w.feed(text) + w.finish()
-
-    def _begin(self, kind: str, gap: bool) -> None:
-        self._close_stream()
-        want = 2 if gap else 1
-        if self._trailing < want:
-            self._write("", "\n" * (want - self._trailing))
-        self._last = kind
-
-    def _close_stream(self) -> None:
-        if self._stream is not None:
-            rest, self._stream = self._stream.finish(), None
-            self._write("class:story", rest + "\n")
-
-    def _write(self, style: str, text: str) -> None:
-        if text:
-            self._print([(style, text)])
-
-    def _print(self, fragments: list[tuple[str, str]]) -> None:
-        text = "".join(t for _, t in fragments)
-        if not text:
-            return
-        with self._lock:
-            self._clear_mark()
-            self._raw_print(fragments)
-            self._last_write = time.monotonic()
-            body = text.rstrip("\n")
-            ends = len(text) - len(body)
-            self._trailing = min(2, ends if body else self._trailing + ends)
-
-    def _raw_print(self, fragments: list[tuple[str, str]]) -> None:
-        print_formatted_text(
-            FormattedText(fragments),
-            end="",
-            style=self.style,
-            output=self.output,
-            color_depth=self.color_depth,
-            include_default_pygments_style=False,
-        )
-
-    def _clear_mark(self) -> None:
-        if self._mark:
-            self._mark = False
-            self.output.write("\r")
-            self.output.erase_end_of_line()
-            self.output.flush()
-
-    def _start_spinner(self) -> None:
-        if self._spinner is not None:
-            return
-        stop = threading.Event()
-        thread = threading.Thread(target=self._spin, args=(stop,), name="thinking", daemon=True)
-        self._spinner = (thread, stop)
-        thread.start()
-
-    def _stop_spinner(self) -> None:
-        if self._spinner is None:
-            return
-        thread, stop = self._spinner
-        self._spinner = None
-        stop.set()
-        thread.join(timeout=1.0)
-        with self._lock:
-            self._clear_mark()
-
-    def _spin(self, stop: threading.Event) -> None:
-        frame = 0
-        while not stop.wait(0.08):
-            with self._lock:
-                quiet_for = time.monotonic() - self._last_write
-                if stop.is_set() or self._stream is not None or self._trailing == 0:
-                    continue  # only on an empty line: never inside the story text
-                if quiet_for < 0.15:
-                    continue
-                try:
-                    self.output.write("\r")
-                    self._raw_print([("class:thinking", self._frames[frame % len(self._frames)])])
-                except Exception:
-                    return  # a spinner is not worth a crash
-                self._mark = True
-                frame += 1
-
-
-# ---------------------------------------------------------------------------------------------
-# Input helpers
-
-
-class CommandCompleter(Completer):
-    """Tab completion of ``/commands`` (names and aliases) and of their first argument."""
-
-    def __init__(
-        self, registry: Registry = REGISTRY, session: Callable[[], Session | None] = lambda: None
-    ):
-        self.registry = registry
-        self.session = session
-
-    def get_completions(self, document, complete_event):
-        try:
-            yield from self._completions(document.text_before_cursor)
-        except Exception:
-            return  # completion is a convenience: a bug in it must never break typing
-
-    def _completions(self, text: str) -> Iterator[Completion]:
-        if not text.startswith("/") or text.startswith("//") or "\n" in text:
-            return
-        head, space, rest = text[1:].partition(" ")
-        if not space:
-            low = head.lower()
-            seen = set()
-            for name, c in self.registry.commands.items():
-                if name.startswith(low):
-                    seen.add(name)
-                    yield Completion("/" + name, -len(text), display_meta=c.help)
-            for alias, target in self.registry.aliases.items():
-                if alias.startswith(low) and target not in seen:
-                    yield Completion("/" + alias, -len(text), display_meta=f"= /{target}")
-            return
-        try:
-            command = self.registry.find(head)
-        except UnknownCommand:
-            return
-        if command.arguments is None or " " in rest:
-            return  # only the first argument is completed
-        for option in command.arguments(self.session()):
-            if option.lower().startswith(rest.lower()):
-                yield Completion(option, -len(rest))
-
-
-class _SafeFileHistory(FileHistory):
-    """A FileHistory that keeps going (in memory) when the file cannot be written."""
-
-    def store_string(self, string: str) -> None:
-        try:
-            super().store_string(string)
-        except OSError:
-            pass
-
-
-def input_history() -> History:
-    path = data_dir() / "history"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return _SafeFileHistory(str(path))
-    except OSError:
-        return InMemoryHistory()
-
-
-class LoadingStatus:
-    """One status line on stderr while the model loads; a spinner where stderr is a terminal.
-
-    The instance is also the ``progress`` callback of ``build_generator``: it takes whatever
-    it is given (a message, perhaps more) and never raises, and the spinner runs whether or
-    not the loader ever calls it.
-    """
-
-    def __init__(self, message: str, stream: TextIO | None = None):
-        self.stream = stream or sys.stderr
-        self.message = message
-        try:
-            self.tty = self.stream.isatty()
-        except Exception:
-            self.tty = False
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __call__(self, *args, **kwargs) -> None:
-        try:
-            text = " ".join(sanitize(" ".join(str(a) for a in args[:1])).split())[:200]
-            if not text:
-                return
-            with self._lock:
-                self.message = text
-            if not self.tty:
-                self._put(text + "\n")
-        except Exception:
-            pass
-
-    def __enter__(self) -> LoadingStatus:
-        if self.tty:
-            self._thread = threading.Thread(target=self._spin, name="loading", daemon=True)
-            self._thread.start()
-        else:
-            self._put(self.message + "\n")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=1.0)
-            self._put("\r\x1b[K")
-
-    def _spin(self) -> None:
-        frame = 0
-        while not self._stop.wait(0.1):
-            with self._lock:
-                message = self.message
-            self._put(f"\r\x1b[K{SPINNER[frame % len(SPINNER)]} {message}")
-            frame += 1
-
-    def _put(self, text: str) -> None:
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except Exception:
-            pass
-
-
-@contextmanager
-def _keys_not_echoed(enabled: bool) -> Iterator[None]:
-    """While a turn runs, keys typed ahead are kept for the next prompt but not echoed into
-    the story (nor is ^C). Ctrl-C still interrupts: only ECHO is turned off."""
-    if not enabled:
-        yield
-        return
-    try:
-        import termios
-
-        fd = sys.stdin.fileno()
-        old = termios.tcgetattr(fd)
-        new = termios.tcgetattr(fd)
-        new[3] &= ~termios.ECHO
-        termios.tcsetattr(fd, termios.TCSANOW, new)
-    except Exception:
-        yield
-        return
-    try:
-        yield
-    finally:
-        try:
-            termios.tcsetattr(fd, termios.TCSANOW, old)
-        except Exception:
-            pass
-
-
-# ---------------------------------------------------------------------------------------------
-# Starting a story
-
-
-@dataclass
-class Start:
-    """What the game starts with: a story, its saved sampling settings and its save slot."""
-
-    story: Story
-    sampling: dict
-    slot: str
-    continued: bool = False
-
-
-def new_slot(base: str) -> str:
-    """A fresh save slot for a new story, so that starting one never overwrites another."""
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-._")[:40] or "story"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    name, n = f"{base}-{stamp}", 2
-    while (saves_dir() / f"{name}.json").exists():
-        name, n = f"{base}-{stamp}-{n}", n + 1
-    return check_slot(name)
-
-
-def available_scenarios() -> tuple[dict[str, Scenario], list[str]]:
-    """Built-in and user scenarios by name, and the problems of any that cannot be read."""
-    problems: list[str] = []
-    try:
-        found = dict(builtin_scenarios())
-    except (OSError, ValueError) as err:
-        found = {}
-        problems.append(f"cannot read the built-in scenarios: {one_line(err)}")
-    for folder in user_scenario_dirs():
-        for path in sorted(Path(folder).glob("*.json")):
-            try:
-                sc = load_scenario_file(path)
-            except ScenarioError as err:
-                problems.append(one_line(err))
-                continue
-            found[sc.name] = sc
-    return found, problems
+# The start menu
 
 
 @dataclass
@@ -566,6 +142,14 @@ class TerminalGame:
         def _newline(event) -> None:
             event.current_buffer.insert_text("\n")
 
+        @keys.add("escape", "right")
+        def _next(event) -> None:
+            self._flip_from_prompt(event, +1)
+
+        @keys.add("escape", "left")
+        def _previous(event) -> None:
+            self._flip_from_prompt(event, -1)
+
         self.prompt: PromptSession[str] = PromptSession(
             history=input_history(),
             completer=CommandCompleter(REGISTRY, lambda: self.session),
@@ -602,18 +186,12 @@ class TerminalGame:
         if generator is None:
             return 1
         try:
-            game = make_game(generator, start.story, self.opts, start.sampling)
+            self.session = open_session(
+                generator, start, self.opts, self.out, edit=self.edit, restart=self.restart
+            )
         except ValueError as err:
             self.out.error(one_line(err, 400))
             return 2
-        self.session = Session(
-            game,
-            self.out,
-            model_info(generator, self.opts),
-            slot=start.slot,
-            edit=self.edit,
-            restart=self.restart,
-        )
         self.show_opening(continued=start.continued)
         code = self.loop()
         try:
@@ -626,14 +204,8 @@ class TerminalGame:
 
     def choose_start(self) -> Start | None:
         """What the flags ask for, or the start menu when they ask for nothing."""
-        opts = self.opts
-        if not (opts.load or opts.premise_file or opts.scenario):
-            return self.start_menu(allow_continue=True)
-        story, sampling = start_story(opts)
-        if opts.load:
-            return Start(story, sampling, check_slot(opts.load), continued=True)
-        base = Path(opts.premise_file).stem if opts.premise_file else Path(opts.scenario or "").stem
-        return Start(story, sampling, new_slot(base))
+        start = start_from_options(self.opts)
+        return start if start is not None else self.start_menu(allow_continue=True)
 
     def load_model(self) -> Generator | None:
         status = LoadingStatus(f"Loading the model {self.opts.model}…")
@@ -656,12 +228,7 @@ class TerminalGame:
             self.out.heading(story.title)
         if continued:
             self.out.system(f"Continuing {session.slot}: {turns(len(story.turns))} so far.")
-        if len(story.turns) <= 2:
-            self.out.story(story.premise)
-        for turn in story.turns[-2:]:
-            if turn.action:
-                self.out.player(turn.action)
-            self.out.story(turn.response)
+        session.show_recent()
         self.out.system(HINT)
 
     # --- the loop -------------------------------------------------------------------------
@@ -706,7 +273,7 @@ class TerminalGame:
         if parse_input(line).kind == "command":
             self.out.echo(line)
         try:
-            with self.out.thinking(), _keys_not_echoed(self.input is None and sys.stdin.isatty()):
+            with self.out.thinking(), keys_not_echoed(self.input is None and sys.stdin.isatty()):
                 dispatch(session, line)
         except KeyboardInterrupt:
             self.out.end_story()
@@ -718,6 +285,32 @@ class TerminalGame:
                 f"Something went wrong: {type(err).__name__}: {one_line(err)} "
                 f"(the story is safe; details in {log})"
             )
+
+    # --- candidates -----------------------------------------------------------------------
+    def flip(self, step: int) -> None:
+        """Show the next (or previous) response of the last turn; it becomes the story's."""
+        session = self.session
+        if session is None or not session.game.story.turns:
+            return
+        turn = session.game.story.turns[-1]
+        if len(turn.candidates) < 2:
+            self.out.system("(the last turn has one response; /retry writes another)")
+            return
+        turn = session.game.choose((turn.chosen + step) % len(turn.candidates))
+        self.out.system(f"Response {turn.chosen + 1} of {len(turn.candidates)}:")
+        self.out.story(turn.response)
+
+    def _flip_from_prompt(self, event, step: int) -> None:
+        """Alt-Left/Right at the prompt: flip above it, keep what is typed, refresh the bar."""
+
+        def show() -> None:
+            try:
+                self.flip(step)
+            except Exception as err:  # a key press must never end the game
+                self.out.error(f"Cannot flip: {one_line(err)}")
+            self._status = self._status_line()
+
+        run_in_terminal(show)
 
     # --- Session hooks --------------------------------------------------------------------
     def edit(self, title: str, text: str) -> str | None:
@@ -798,18 +391,15 @@ class TerminalGame:
         if name is None:
             return []
         try:
-            data = saves.load(saves_dir() / f"{name}.json")
+            start = load_start(name)
+            saved = time.localtime(slot_path(name).stat().st_mtime)
         except (saves.SaveError, OSError, ValueError) as err:
             self.out.error(f"The last save cannot be continued: {one_line(err)}")
             return []
-        title = data.story.title or name
-        saved = time.strftime(
-            "%Y-%m-%d %H:%M", time.localtime((saves_dir() / f"{name}.json").stat().st_mtime)
-        )
-        label = f"{title} ({turns(len(data.story.turns))}, saved {saved} as {name})"
-        return [
-            _Choice("", "continue", label, lambda: Start(data.story, data.sampling, name, True))
-        ]
+        story = start.story
+        when = time.strftime("%Y-%m-%d %H:%M", saved)
+        label = f"{story.title or name} ({turns(len(story.turns))}, saved {when} as {name})"
+        return [_Choice("", "continue", label, lambda: start)]
 
     def _show_menu(self, choices: list[_Choice]) -> None:
         name_width = max(len(c.name) for c in choices)
@@ -836,26 +426,22 @@ class TerminalGame:
         starts = [c for c in choices if c.name.lower().startswith(answer)]
         return starts[0] if len(starts) == 1 else None
 
-    def _seed(self) -> int:
-        return (
-            self.opts.seed if self.opts.seed is not None else random.SystemRandom().randrange(2**31)
-        )
-
     def _start_scenario(self, sc: Scenario) -> Start:
-        return Start(sc.start(self._seed()), {}, new_slot(sc.name))
+        return scenario_start(sc, self.opts.seed)
 
     def _start_custom(self) -> Start | None:
         text = self.edit(
             "Write the opening of your story: who you are, where you are, what is at stake",
             "",
         )
-        premise = sanitize(text or "").strip()
-        if not premise:
+        if not sanitize(text or "").strip():
             return None
-        if len(premise.encode("utf-8")) > MAX_PREMISE_BYTES:
-            self.out.error("That premise is too long (at most 100 KB).")
+        try:
+            story = premise_story(text or "", fresh_seed(self.opts.seed), where="That premise")
+        except StartError as err:
+            self.out.error(one_line(err))
             return None
-        return Start(Story(premise=premise, seed=self._seed()), {}, new_slot("custom"))
+        return Start(story, {}, new_slot("custom"))
 
     # --- the toolbar ----------------------------------------------------------------------
     def _toolbar(self) -> list[tuple[str, str]]:
@@ -876,16 +462,23 @@ class TerminalGame:
                 ctx = game.last_context
             context = f"{ctx.tokens}/{ctx.budget}" if ctx is not None else "?"
             turn, temp = len(game.story.turns), f"{game.sampling.temperature:g}"
+            last = game.story.turns[-1] if game.story.turns else None
             model = sanitize(model)
             dim = "class:bottom-toolbar.dim"
             width = self.out.width()
+            flips = last is not None and len(last.candidates) > 1
+            which = f"{last.chosen + 1}/{len(last.candidates)}" if flips else ""
             full = [model, f"turn {turn}", f"context {context} tokens", f"temp {temp}"]
+            if flips:
+                new = f", {len(last.ready)} new" if last.ready else ""
+                full.append(f"response {which}{new} Alt-←/→")
             hint = "   /help  Ctrl-D quit "
             if sum(len(p) + 3 for p in full) + len(hint) > width:  # a narrow terminal
                 hint = ""
                 if sum(len(p) + 3 for p in full) > width:
                     model = model if len(model) <= 20 else "…" + model[-19:]
                     full = [model, f"turn {turn}", f"ctx {context}", f"temp {temp}"]
+                    full += [f"resp {which}"] if flips else []
             out: list[tuple[str, str]] = [("", " ")]
             for i, part in enumerate(full):
                 if i:

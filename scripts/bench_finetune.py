@@ -43,13 +43,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from dungeon.builtin_model import BUILTIN_MODEL  # noqa: E402
+
 SIDES = ("script", "trainer", "bare_loop")
 LR = 1e-4
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--base", default="smollm2-135m", help="base model (name, folder or hub id)")
+    p.add_argument("--base", default=BUILTIN_MODEL, help="base model (name, folder or hub id)")
     p.add_argument("--tiny", action="store_true", help="use a tiny random GPT-2 (quick check)")
     p.add_argument("--data", default=str(ROOT / "stories"), help="corpus (any finetune.py source)")
     p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
@@ -69,7 +71,7 @@ def parse_args(argv=None):
 
 
 def load_finetune():
-    """scripts/finetune.py as a module: the bench shares its LoRA targets and schedule."""
+    """scripts/finetune.py as a module: the bench shares its model, schedule and measures."""
     spec = importlib.util.spec_from_file_location(
         "finetune_script", ROOT / "scripts" / "finetune.py"
     )
@@ -79,16 +81,9 @@ def load_finetune():
     return module
 
 
-def resolved_precision(name: str) -> str:
-    import torch
-
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    from dungeon.models import cpu_has_fast_bf16
-
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
+def resolved_precision(name: str, finetune) -> str:
+    """bf16, fp16 or fp32: ``auto`` is what finetune.py picks on this machine."""
+    return finetune.device_precision() if name == "auto" else name
 
 
 def settings_for(args, finetune):
@@ -101,22 +96,12 @@ def settings_for(args, finetune):
     )  # fmt: skip
 
 
-def peak_memory_mb() -> float:
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def build(args, finetune):
     """Model (LoRA or full), packed training blocks and the schedule, as finetune.py makes them."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from dungeon.corpus_data import load_corpus, tokenize_and_pack
+    from dungeon.corpus.training import load_corpus, tokenize_and_pack
 
     s = settings_for(args, finetune)
     base = finetune.resolve_base(s.base)
@@ -124,14 +109,7 @@ def build(args, finetune):
     corpus = load_corpus(s.data, val_list="none", val_fraction=0.0)
     blocks, _ = tokenize_and_pack(corpus, tokenizer, s.block_size)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    n_params = sum(p.numel() for p in model.parameters())
-    if s.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if not s.full:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, finetune.lora_config(s, model))
+    model, n_params, _ = finetune.build_model(s, base)
     return s, model, blocks["train"].with_format("torch"), n_params
 
 
@@ -139,12 +117,12 @@ def run_bare_loop(args, finetune) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from dungeon.corpus_data import EpochShuffle
+    from dungeon.corpus.training import EpochShuffle
 
     s, model, blocks, n_params = build(args, finetune)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).train()
-    precision = resolved_precision(args.precision)
+    precision = resolved_precision(args.precision, finetune)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     forward = torch.compile(model) if args.compile else model
@@ -178,7 +156,7 @@ def run_trainer(args, finetune) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     s, model, blocks, n_params = build(args, finetune)
-    precision = resolved_precision(args.precision)
+    precision = resolved_precision(args.precision, finetune)
     ends = []
 
     class StepClock(TrainerCallback):
@@ -228,7 +206,7 @@ def timing(args, finetune, ends: list[float], n_params, precision: str, loss: fl
     return {
         "tok_s": tokens / seconds,
         "mfu": 6 * n_params * tokens / seconds / peak if peak else None,
-        "peak_mem_mb": peak_memory_mb(),
+        "peak_mem_mb": finetune.peak_memory_mb()[0],
         "step_s": seconds / (len(ends) - 1),
         "steps_timed": len(ends) - 1,
         "precision": precision,

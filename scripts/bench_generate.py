@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dungeon.builtin_model import BUILTIN_MODEL
 from dungeon.format import STOP_STRINGS
 from dungeon.generator import SamplingSettings, StopHoldback
 
@@ -351,7 +352,7 @@ def table(results: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2-135m", help="built-in name, folder or hub id")
+    parser.add_argument("--model", default=BUILTIN_MODEL, help="built-in name, folder or hub id")
     parser.add_argument("--turns", type=int, default=len(ACTIONS), help="turns to play (max 20)")
     parser.add_argument("--max-new-tokens", type=int, default=80)
     parser.add_argument(

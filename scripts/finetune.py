@@ -11,7 +11,7 @@
 
 The shape of transformers' run_clm_no_trainer.py, top to bottom: settings from the command
 line; every input checked before anything trains (all problems at once, exit code 2); the
-corpus loaded, split by whole story, tokenized and packed by dungeon.corpus_data (so the text
+corpus loaded, split by whole story, tokenized and packed by dungeon.corpus.training (so the text
 is exactly what play sends the model); the model built (a LoRA adapter via peft, or every
 weight); ``accelerator.prepare``; a loop with ``accelerator.accumulate``, clipping and warmup +
 cosine decay; held-out loss, perplexity and a sampled continuation before training and every N
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -36,6 +37,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -51,11 +53,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from dungeon.corpus_data import CorpusError, EpochShuffle, load_corpus, tokenize_and_pack  # noqa: E402
+from dungeon.builtin_model import BUILTIN_MODEL  # noqa: E402
+from dungeon.corpus.training import CorpusError, EpochShuffle, load_corpus, tokenize_and_pack  # noqa: E402
+from dungeon.errors import ModelNotFoundError  # noqa: E402
 from dungeon.format import STOP_STRINGS, FormatSpec  # noqa: E402
+from dungeon.saves import write_atomic  # noqa: E402
 
 DUNGEON_JSON_VERSION = 1
-BUILTIN_BASE = "smollm2-135m"
 # Only these may change when a run is resumed: they touch neither the data nor the maths.
 RESUME_MAY_CHANGE = {
     "resume", "overwrite", "eval_every", "save_every", "keep_checkpoints", "log_every",
@@ -99,7 +103,7 @@ class Settings:
     """Everything a run depends on. Stored in dungeon.json; --resume refuses changes to most."""
 
     data: str = arg("stories", "story folder, JSONL file, saved dataset or hub dataset name")
-    base: str = arg(BUILTIN_BASE, "base model: smollm2-135m, a model folder or a hub id")
+    base: str = arg(BUILTIN_MODEL, f"base model: {BUILTIN_MODEL}, a model folder or a hub id")
     output: str = arg("", "output folder (default runs/<base>-<lora|full>)")
     full: bool = arg(False, "train every weight instead of a LoRA adapter")
     from_scratch: bool = arg(False, "a random init of the base's architecture (needs --full)")
@@ -126,7 +130,9 @@ class Settings:
     val_fraction: float | None = arg(
         None, "hold out this share of stories (default 0.05 without a list)", type=optional(float)
     )
-    val_list: str | None = arg(None, "file naming held-out stories (default <data>/validation.txt)")
+    val_list: str | None = arg(
+        None, "file naming held-out stories (default: <data>/validation*.txt)"
+    )
     seed: int = arg(42, "seed for init, data order, dropout and samples")
     eval_every: int = arg(100, "evaluate every N steps (0: before and after only)")
     save_every: int = arg(200, "save a resumable checkpoint every N steps (0: on signals only)")
@@ -253,15 +259,8 @@ def latest_checkpoint(partial: Path) -> Path | None:
 
 def resolve_base(name: str) -> str:
     """A path or hub id from_pretrained accepts; raises LookupError with a one-line reason."""
-    try:
-        from dungeon.models import ModelNotFoundError
-        from dungeon.models import resolve_base as resolve
-    except ImportError:  # a checkout without dungeon.models: local folders and hub ids only
-        if Path(name).is_dir():
-            return name
-        if name == BUILTIN_BASE:
-            raise LookupError(f"the built-in base {name} needs dungeon.models") from None
-        return name
+    from dungeon.models import resolve_base as resolve
+
     try:
         return resolve(name)
     except ModelNotFoundError as err:
@@ -311,7 +310,7 @@ def check_inputs(s: Settings) -> tuple[Inputs | None, list[str]]:
 
     corpus = None
     try:
-        corpus = load_corpus(s.data, val_fraction=s.val_fraction, val_list=s.val_list, seed=s.seed)
+        corpus = load_stories(s)
     except CorpusError as err:
         problems += err.problems
 
@@ -357,6 +356,11 @@ def check_inputs(s: Settings) -> tuple[Inputs | None, list[str]]:
         base_path, config, tokenizer, corpus, blocks, stats, digest, partial, checkpoint
     )
     return inputs, []
+
+
+def load_stories(s: Settings):
+    """The stories split into ``train`` and ``validation``, as the run trains on them."""
+    return load_corpus(s.data, val_fraction=s.val_fraction, val_list=s.val_list, seed=s.seed)
 
 
 def resume_differences(s: Settings, record: dict, partial: Path) -> list[str]:
@@ -412,29 +416,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(s: Settings, inputs: Inputs, argv: list[str], started: float, use_cpu: bool) -> int:
-    from transformers import AutoModelForCausalLM
-
     partial, out = inputs.partial, s.output_dir
-    tracker = s.report_to
-    if tracker == "auto":
-        try:
-            import tensorboard  # noqa: F401
-
-            tracker = "tensorboard"
-        except ImportError:
-            tracker = "none"
 
     # --- The accelerator: precision, accumulation, trackers, torch.compile ---------------------
-    accelerator = Accelerator(
-        mixed_precision=resolve_precision(s),
-        gradient_accumulation_steps=s.grad_accum,
-        cpu=use_cpu,
-        log_with=None if tracker == "none" else tracker,
-        project_config=ProjectConfiguration(
-            project_dir=str(partial), logging_dir=str(partial / "logs")
-        ),
-        dynamo_backend="inductor" if s.compile else None,
-    )
+    accelerator = make_accelerator(s, partial, use_cpu)
     say = make_say(accelerator)
     set_seed(s.seed)
     world = accelerator.num_processes
@@ -453,22 +438,7 @@ def train(s: Settings, inputs: Inputs, argv: list[str], started: float, use_cpu:
         train_blocks = train_blocks.select(range(min(s.max_train_samples, len(train_blocks))))
     if s.max_eval_samples:
         eval_blocks = eval_blocks.select(range(min(s.max_eval_samples, len(eval_blocks))))
-    train_blocks, eval_blocks = train_blocks.with_format("torch"), eval_blocks.with_format("torch")
-    # Own generators: a DataLoader otherwise draws a seed from the global RNG each time it is
-    # iterated, and a resumed run (one iteration fewer) would get other dropout masks.
-    train_dl = DataLoader(
-        train_blocks,
-        batch_size=s.batch_size,
-        sampler=EpochShuffle(len(train_blocks), s.seed),
-        num_workers=s.dataloader_workers,
-        generator=torch.Generator().manual_seed(s.seed),
-    )
-    eval_dl = DataLoader(
-        eval_blocks,
-        batch_size=s.batch_size,
-        num_workers=s.dataloader_workers,
-        generator=torch.Generator().manual_seed(s.seed),
-    )
+    train_dl, eval_dl = make_dataloaders(s, train_blocks, eval_blocks)
     st = inputs.stats
     say(
         f"data: {st['train'].stories} training stories ({st['train'].tokens:,} tokens, "
@@ -480,22 +450,7 @@ def train(s: Settings, inputs: Inputs, argv: list[str], started: float, use_cpu:
     tokenizer = inputs.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # packing pads with eos too (labels -100)
-    if s.from_scratch:
-        model = AutoModelForCausalLM.from_config(inputs.config, dtype=torch.float32)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(inputs.base_path, dtype=torch.float32)
-    n_params = sum(p.numel() for p in model.parameters())
-    if s.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    lora_targets = None
-    if not s.full:
-        from peft import get_peft_model
-
-        config = lora_config(s, model)
-        model = get_peft_model(model, config)
-        targets = config.target_modules
-        lora_targets = targets if isinstance(targets, str) else sorted(targets)
+    model, n_params, lora_targets = build_model(s, inputs.base_path, inputs.config)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for _, p in trainable)
     say(
@@ -512,25 +467,17 @@ def train(s: Settings, inputs: Inputs, argv: list[str], started: float, use_cpu:
     epochs = math.ceil(total_steps / steps_per_epoch)
     warmup = s.warmup_steps if s.warmup_steps is not None else max(1, round(0.05 * total_steps))
     fused = accelerator.device.type in ("cuda", "cpu") or None  # one fused AdamW kernel
-
-    def param_groups(named):
-        decay = [p for n, p in named if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for n, p in named if p.requires_grad and p.ndim < 2]
-        return [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay}]
-
     # FSDP (v1) must wrap the model before the optimizer sees its parameters; the rest prepare
     # at once (DeepSpeed and FSDP2 need model and optimizer in the same call).
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
         model = accelerator.prepare(model)
-        optimizer = torch.optim.AdamW(
-            param_groups(model.named_parameters()), lr=s.peak_lr, betas=(0.9, 0.95), fused=fused
-        )
+        groups = param_groups(model.named_parameters(), s.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=s.peak_lr, betas=(0.9, 0.95), fused=fused)
         optimizer, train_dl, eval_dl = accelerator.prepare(optimizer, train_dl, eval_dl)
     else:
-        optimizer = torch.optim.AdamW(
-            param_groups(trainable), lr=s.peak_lr, betas=(0.9, 0.95), fused=fused
-        )
+        groups = param_groups(trainable, s.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=s.peak_lr, betas=(0.9, 0.95), fused=fused)
         model, optimizer, train_dl, eval_dl = accelerator.prepare(
             model, optimizer, train_dl, eval_dl
         )
@@ -553,92 +500,35 @@ def train(s: Settings, inputs: Inputs, argv: list[str], started: float, use_cpu:
         accelerator.init_trackers("finetune", config=hparams)
 
     # --- Resume: weights, optimizer, scheduler, RNG, and the position in the data -----------
-    progress = {
-        "step": 0, "best_eval_loss": None, "best_step": None, "baseline": None, "history": [],
-        "evals": [], "samples": [], "train_seconds": 0.0, "train_tokens": 0,
-        "timed_seconds": 0.0, "timed_tokens": 0, "wall_seconds": 0.0, "last_train_loss": None,
-        "window": {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0},  # since the last log
-    }  # fmt: skip
+    progress = Progress()
     if s.resume:
         # LoRA checkpoints hold the adapter only: load them non-strictly (DDP / one process).
         accelerator.load_state(str(inputs.checkpoint), **({} if sharded else {"strict": s.full}))
-        progress.update(json.loads((inputs.checkpoint / "trainer_state.json").read_text()))
-        say(f"resumed from {inputs.checkpoint} at step {progress['step']}")
-    wall_before = progress["wall_seconds"]
+        state = json.loads((inputs.checkpoint / "trainer_state.json").read_text())
+        progress = Progress.from_dict(state)
+        say(f"resumed from {inputs.checkpoint} at step {progress.step}")
     val_prompts = list(inputs.corpus["validation"]["prompt"])[:8]
-    prompts = val_prompts or list(inputs.corpus["train"]["prompt"])[:1]
-    no_rng = [accelerator.device] if accelerator.device.type == "cuda" else []
-
-    def evaluate() -> dict | None:
-        if len(eval_blocks) == 0:
-            return None
-        with torch.random.fork_rng(devices=no_rng):  # evaluation never moves training's RNG
-            loss = held_out_loss(model, eval_dl, accelerator)
-        return {"step": progress["step"], "eval_loss": loss, "perplexity": math.exp(min(loss, 50))}
-
-    def record_eval(result: dict | None, label: str = "") -> None:
-        if result is None:
-            return
-        progress["evals"].append(result)
-        say(
-            f"step {result['step']}{label}: held-out loss {result['eval_loss']:.4f}, "
-            f"perplexity {result['perplexity']:.2f}"
-        )
-        if accelerator.log_with:
-            metrics = {"eval/loss": result["eval_loss"], "eval/perplexity": result["perplexity"]}
-            accelerator.log(metrics, step=result["step"])
-        best = progress["best_eval_loss"]
-        if result["step"] > 0 and (best is None or result["eval_loss"] < best):
-            progress["best_eval_loss"], progress["best_step"] = result["eval_loss"], result["step"]
-            save_model(accelerator, model, tokenizer, partial / "best", s)
-
-    def log_sample() -> None:
-        if not s.sample_tokens or sharded:  # sharded weights would need gathering first
-            return
-        prompt = prompts[len(progress["samples"]) % len(prompts)]
-        seed = s.seed + progress["step"]
-        text = sample_continuation(model, tokenizer, prompt, s, accelerator, seed, no_rng)
-        progress["samples"].append({"step": progress["step"], "prompt": prompt, "sample": text})
-        say(f"sample at step {progress['step']}: …{prompt[-100:]!r} → {text!r}")
-        if accelerator.log_with:
-            accelerator.log({"sample": f"{prompt}**{text}**"}, step=progress["step"])
-
-    def save_checkpoint() -> None:
-        """save_state into step-N.tmp, then rename: a kill mid-save leaves no broken checkpoint."""
-        final = partial / "checkpoints" / f"step-{progress['step']:07d}"
-        tmp = final.with_name(final.name + ".tmp")
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            progress["wall_seconds"] = wall_before + time.time() - started
-            progress["window"] = {k: float(v) for k, v in window.items()}
-            (tmp / "trainer_state.json").write_text(json.dumps(progress))
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            for old in sorted((partial / "checkpoints").glob("step-*[0-9]"))[: -s.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
-
+    run = Run(
+        s=s,
+        accelerator=accelerator,
+        model=model,
+        tokenizer=tokenizer,
+        eval_dl=eval_dl if len(eval_blocks) else None,
+        prompts=val_prompts or list(inputs.corpus["train"]["prompt"])[:1],
+        partial=partial,
+        say=say,
+        sharded=sharded,
+        started=started,
+        wall_before=progress.wall_seconds,
+    )
     if not s.resume:
-        baseline = evaluate()
-        progress["baseline"] = baseline
+        progress.baseline = evaluate(run, progress.step)
         what = "random init" if s.from_scratch else "zero-shot base"
-        record_eval(baseline, f" (before training: {what})")
-        log_sample()
+        record_eval(run, progress, progress.baseline, f" (before training: {what})")
+        log_sample(run, progress)
 
     # --- Train. SIGTERM/SIGINT: finish the step, save a checkpoint, stop cleanly -------------
-    stop = {"signal": 0}
-
-    def on_signal(signum, frame):
-        if stop["signal"] and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
-        stop["signal"] = signum
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    start_step = progress["step"]
+    start_step = progress.step
     say(
         f"training: {total_steps} steps ({epochs} epoch(s) of {steps_per_epoch}), "
         f"{s.batch_size}x{s.block_size} tokens x {s.grad_accum} accumulation x {world} "
@@ -649,107 +539,106 @@ def train(s: Settings, inputs: Inputs, argv: list[str], started: float, use_cpu:
         disable=not accelerator.is_main_process or not sys.stderr.isatty(),
     )  # fmt: skip
     peak_flops = device_peak_flops(s, accelerator.device)
-    window = dict(progress["window"])  # a resumed run logs the same averages
     step_loss = torch.zeros((), device=accelerator.device)
     first_epoch = start_step // steps_per_epoch
     model.train()
-    for epoch in range(first_epoch, epochs):
-        if progress["step"] >= total_steps:
-            break
-        train_dl.set_epoch(epoch)
-        batches = train_dl
-        if epoch == first_epoch and start_step > epoch * steps_per_epoch:
-            skip = (start_step - epoch * steps_per_epoch) * s.grad_accum
-            batches = accelerator.skip_first_batches(train_dl, skip)
-        step_start, step_tokens, micro = time.perf_counter(), 0, 0
-        for batch in batches:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and s.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), s.max_grad_norm)
-                optimizer.step()
-                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
-                    scheduler.step()  # not after an fp16 overflow step
-                optimizer.zero_grad(set_to_none=True)
-            step_loss += loss.detach()
-            step_tokens += batch["input_ids"].numel() * world
-            micro += 1
-            if not accelerator.sync_gradients:
-                continue
-
-            # One optimizer step is done: account, log, evaluate, checkpoint.
-            progress["step"] += 1
-            step = progress["step"]
-            if s.slow_down:
-                time.sleep(s.slow_down)
-            mean_loss = step_loss / micro
-            seconds = time.perf_counter() - step_start
-            progress["train_seconds"] += seconds
-            progress["train_tokens"] += step_tokens
-            if step > start_step + 1 or total_steps == start_step + 1:  # step 1 warms up
-                progress["timed_seconds"] += seconds
-                progress["timed_tokens"] += step_tokens
-            window["loss"] += mean_loss
-            window["steps"] += 1
-            window["tokens"] += step_tokens
-            window["seconds"] += seconds
-            bar.update(1)
-            if step % s.log_every == 0 or step == total_steps:
-                avg = accelerator.reduce(window["loss"] / window["steps"], "mean").item()
-                progress["last_train_loss"] = accelerator.reduce(mean_loss, "mean").item()
-                tok_s = window["tokens"] / max(window["seconds"], 1e-9)
-                lr = scheduler.get_last_lr()[0]
-                entry = {"step": step, "train_loss": avg, "lr": lr, "tokens_per_s": tok_s}
-                if peak_flops:
-                    entry["mfu"] = 6 * n_params * tok_s / peak_flops
-                progress["history"].append(entry)
-                bar.set_postfix(loss=f"{avg:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}")
-                if bar.disable:
-                    eta = (total_steps - step) * window["seconds"] / window["steps"]
-                    say(
-                        f"step {step}/{total_steps}: loss {avg:.4f}, lr {lr:.2e}, "
-                        f"{tok_s:,.0f} tok/s, eta {eta:,.0f} s"
-                    )
-                if accelerator.log_with:
-                    metrics = {f"train/{k}": v for k, v in entry.items() if k != "step"}
-                    accelerator.log(metrics, step=step)
-                window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
-            step_loss.zero_()
-
-            if (s.eval_every and step % s.eval_every == 0) or step == total_steps:
-                record_eval(evaluate())
-                log_sample()
-            if world > 1:  # every process must agree to stop, or the collectives would hang
-                flag = torch.tensor(float(stop["signal"]), device=accelerator.device)
-                stop["signal"] = int(accelerator.reduce(flag, "max").item())
-            if stop["signal"] or (s.save_every and step % s.save_every == 0 and step < total_steps):
-                save_checkpoint()
-            if stop["signal"]:
-                bar.close()
-                name = signal.Signals(stop["signal"]).name
-                say(
-                    f"{name}: stopped at step {step}; state saved in {partial}; go on with --resume"
-                )
-                accelerator.end_training()
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-                return 128 + stop["signal"]
-            if step >= total_steps:
+    with StopRequest() as stop:
+        for epoch in range(first_epoch, epochs):
+            if progress.step >= total_steps:
                 break
+            train_dl.set_epoch(epoch)
+            batches = train_dl
+            if epoch == first_epoch and start_step > epoch * steps_per_epoch:
+                skip = (start_step - epoch * steps_per_epoch) * s.grad_accum
+                batches = accelerator.skip_first_batches(train_dl, skip)
             step_start, step_tokens, micro = time.perf_counter(), 0, 0
-    bar.close()
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and s.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), s.max_grad_norm)
+                    optimizer.step()
+                    if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                        scheduler.step()  # not after an fp16 overflow step
+                    optimizer.zero_grad(set_to_none=True)
+                step_loss += loss.detach()
+                step_tokens += batch["input_ids"].numel() * world
+                micro += 1
+                if not accelerator.sync_gradients:
+                    continue
+
+                # One optimizer step is done: account, log, evaluate, checkpoint.
+                progress.step += 1
+                step = progress.step
+                if s.slow_down:
+                    time.sleep(s.slow_down)
+                mean_loss = step_loss / micro
+                seconds = time.perf_counter() - step_start
+                progress.train_seconds += seconds
+                progress.train_tokens += step_tokens
+                if step > start_step + 1 or total_steps == start_step + 1:  # step 1 warms up
+                    progress.timed_seconds += seconds
+                    progress.timed_tokens += step_tokens
+                window = progress.window
+                window.loss += mean_loss
+                window.steps += 1
+                window.tokens += step_tokens
+                window.seconds += seconds
+                bar.update(1)
+                if step % s.log_every == 0 or step == total_steps:
+                    avg = accelerator.reduce(window.loss / window.steps, "mean").item()
+                    progress.last_train_loss = accelerator.reduce(mean_loss, "mean").item()
+                    tok_s = window.tokens / max(window.seconds, 1e-9)
+                    lr = scheduler.get_last_lr()[0]
+                    entry = {"step": step, "train_loss": avg, "lr": lr, "tokens_per_s": tok_s}
+                    if peak_flops:
+                        entry["mfu"] = 6 * n_params * tok_s / peak_flops
+                    progress.history.append(entry)
+                    bar.set_postfix(loss=f"{avg:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}")
+                    if bar.disable:
+                        eta = (total_steps - step) * window.seconds / window.steps
+                        say(
+                            f"step {step}/{total_steps}: loss {avg:.4f}, lr {lr:.2e}, "
+                            f"{tok_s:,.0f} tok/s, eta {eta:,.0f} s"
+                        )
+                    if accelerator.log_with:
+                        metrics = {f"train/{k}": v for k, v in entry.items() if k != "step"}
+                        accelerator.log(metrics, step=step)
+                    progress.window = Window()
+                step_loss.zero_()
+
+                if (s.eval_every and step % s.eval_every == 0) or step == total_steps:
+                    record_eval(run, progress, evaluate(run, step))
+                    log_sample(run, progress)
+                if world > 1:  # every process must agree to stop, or the collectives would hang
+                    flag = torch.tensor(float(stop.signum), device=accelerator.device)
+                    stop.signum = int(accelerator.reduce(flag, "max").item())
+                if stop.signum or (
+                    s.save_every and step % s.save_every == 0 and step < total_steps
+                ):
+                    save_checkpoint(run, progress)
+                if stop.signum:
+                    bar.close()
+                    name = signal.Signals(stop.signum).name
+                    say(
+                        f"{name}: stopped at step {step}; state saved in {partial}; go on with --resume"
+                    )
+                    accelerator.end_training()
+                    return 128 + stop.signum
+                if step >= total_steps:
+                    break
+                step_start, step_tokens, micro = time.perf_counter(), 0, 0
+        bar.close()
 
     # --- The model folder: the best model (or the last), tokenizer, card, loss curve ---------
-    progress["wall_seconds"] = wall_before + time.time() - started
+    progress.wall_seconds = run.wall_seconds()
     digests = None
     if world > 1 and accelerator.distributed_type in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):  # fmt: skip
         digests = gather_object([weights_digest(accelerator.unwrap_model(model))])
     exported = "best"
     accelerator.wait_for_everyone()  # every process looks at best/ before rank 0 moves it
-    if progress["best_step"] is None or not (partial / "best").is_dir():
+    if progress.best_step is None or not (partial / "best").is_dir():
         save_model(accelerator, model, tokenizer, partial / "best", s)
         exported = "last"
     accelerator.wait_for_everyone()
@@ -781,7 +670,180 @@ def train(s: Settings, inputs: Inputs, argv: list[str], started: float, use_cpu:
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Pieces of the run
+# 4. The loop's state, and what it does between steps
+
+
+@dataclass
+class Window:
+    """Training figures since the last log line (a resumed run logs the same averages)."""
+
+    loss: float = 0.0
+    """Sum of the steps' mean losses (a tensor while training: no sync with the device)."""
+    steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Progress:
+    """Everything the loop accumulates; a checkpoint saves it (trainer_state.json)."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    best_eval_loss: float | None = None
+    best_step: int | None = None
+    """The step of the best held-out loss: the model in NAME.partial/best."""
+    baseline: dict | None = None
+    """The evaluation before training (the base zero-shot, or the random init)."""
+    history: list[dict] = field(default_factory=list)
+    """One entry per log line: step, train_loss, lr, tokens_per_s (and mfu)."""
+    evals: list[dict] = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    train_tokens: int = 0
+    timed_seconds: float = 0.0
+    """Like train_seconds, without the first step of a process (it warms up)."""
+    timed_tokens: int = 0
+    wall_seconds: float = 0.0
+    """Wall time of the run, over every resume, as of the last checkpoint or the end."""
+    last_train_loss: float | None = None
+    window: Window = field(default_factory=Window)
+
+    def to_dict(self) -> dict:
+        state = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "window"}
+        state["window"] = {f.name: float(getattr(self.window, f.name)) for f in fields(Window)}
+        return state
+
+    @classmethod
+    def from_dict(cls, state: dict) -> Progress:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in state.items() if k in known}
+        values["window"] = Window(**state.get("window", {}))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Run:
+    """The fixed parts of a run that evaluation, samples and checkpoints need."""
+
+    s: Settings
+    accelerator: Accelerator
+    model: object
+    tokenizer: object
+    eval_dl: DataLoader | None
+    """Held-out blocks; None when no story is held out."""
+    prompts: list[str]
+    """Openings of held-out stories (or one training story) to sample from."""
+    partial: Path
+    say: Callable[[str], None]
+    sharded: bool
+    """FSDP or DeepSpeed: the weights are spread over the processes."""
+    started: float
+    """time.time() when this process started."""
+    wall_before: float
+    """Wall seconds of the run before this process (a resumed run)."""
+
+    @property
+    def no_rng(self) -> list:
+        """Devices whose RNG evaluation and samples must leave untouched (beside the CPU)."""
+        return [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
+
+    def wall_seconds(self) -> float:
+        return self.wall_before + time.time() - self.started
+
+
+class StopRequest:
+    """SIGTERM or SIGINT while training: finish the step, save a checkpoint, stop cleanly.
+
+    A second Ctrl-C stops at once, without a checkpoint. As a context manager it installs the
+    handlers and gives the previous ones back, however the block ends.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.previous: dict = {}
+
+    def __call__(self, signum, frame) -> None:
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        self.signum = signum
+
+    def __enter__(self) -> StopRequest:
+        self.previous = {sig: signal.signal(sig, self) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def evaluate(run: Run, step: int) -> dict | None:
+    """Held-out loss and perplexity at ``step``; None when no story is held out."""
+    if run.eval_dl is None:
+        return None
+    with torch.random.fork_rng(devices=run.no_rng):  # evaluation never moves training's RNG
+        loss = held_out_loss(run.model, run.eval_dl, run.accelerator)
+    return {"step": step, "eval_loss": loss, "perplexity": math.exp(min(loss, 50))}
+
+
+def record_eval(run: Run, progress: Progress, result: dict | None, label: str = "") -> None:
+    """Log an evaluation; a new best held-out loss (after step 0) saves the model to best/."""
+    if result is None:
+        return
+    progress.evals.append(result)
+    run.say(
+        f"step {result['step']}{label}: held-out loss {result['eval_loss']:.4f}, "
+        f"perplexity {result['perplexity']:.2f}"
+    )
+    if run.accelerator.log_with:
+        metrics = {"eval/loss": result["eval_loss"], "eval/perplexity": result["perplexity"]}
+        run.accelerator.log(metrics, step=result["step"])
+    best = progress.best_eval_loss
+    if result["step"] > 0 and (best is None or result["eval_loss"] < best):
+        progress.best_eval_loss, progress.best_step = result["eval_loss"], result["step"]
+        save_model(run.accelerator, run.model, run.tokenizer, run.partial / "best", run.s)
+
+
+def log_sample(run: Run, progress: Progress) -> None:
+    """Sample a short continuation of the next prompt in turn, and log it."""
+    s = run.s
+    if not s.sample_tokens or run.sharded:  # sharded weights would need gathering first
+        return
+    prompt = run.prompts[len(progress.samples) % len(run.prompts)]
+    seed = s.seed + progress.step
+    text = sample_continuation(
+        run.model, run.tokenizer, prompt, s, run.accelerator, seed, run.no_rng
+    )
+    progress.samples.append({"step": progress.step, "prompt": prompt, "sample": text})
+    run.say(f"sample at step {progress.step}: …{prompt[-100:]!r} → {text!r}")
+    if run.accelerator.log_with:
+        run.accelerator.log({"sample": f"{prompt}**{text}**"}, step=progress.step)
+
+
+def save_checkpoint(run: Run, progress: Progress) -> None:
+    """save_state into step-N.tmp, then rename: a kill mid-save leaves no broken checkpoint."""
+    accelerator, checkpoints = run.accelerator, run.partial / "checkpoints"
+    final = checkpoints / f"step-{progress.step:07d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        progress.wall_seconds = run.wall_seconds()
+        write_atomic(tmp / "trainer_state.json", json.dumps(progress.to_dict()))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(checkpoints.glob("step-*[0-9]"))[: -run.s.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Pieces of the run
 
 
 def quiet_libraries(main_process: bool) -> None:
@@ -809,16 +871,90 @@ def make_say(accelerator):
 
 def resolve_precision(s: Settings) -> str | None:
     """accelerate's mixed_precision for --precision (None: what accelerate launch was given)."""
-    if s.precision != "auto":
-        return {"fp32": "no"}.get(s.precision, s.precision)
-    if os.environ.get("ACCELERATE_MIXED_PRECISION"):  # accelerate launch --mixed_precision/config
-        return None
-    if torch.cuda.is_available() and not s.cpu:
+    if s.precision == "auto" and os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        return None  # accelerate launch --mixed_precision, or its config file
+    precision = device_precision(s.cpu) if s.precision == "auto" else s.precision
+    return {"fp32": "no"}.get(precision, precision)
+
+
+def device_precision(cpu: bool = False) -> str:
+    """What --precision auto picks on this machine: bf16, fp16 or fp32."""
+    if torch.cuda.is_available() and not cpu:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     from dungeon.models import cpu_has_fast_bf16
 
     # Without AVX-512-BF16 or AMX, bf16 matmuls on a CPU are emulated: far slower than fp32.
-    return "bf16" if cpu_has_fast_bf16() else "no"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def make_accelerator(s: Settings, partial: Path, use_cpu: bool) -> Accelerator:
+    """The Accelerator of a run: precision, accumulation, trackers, torch.compile."""
+    tracker = s.report_to
+    if tracker == "auto":
+        tracker = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
+    return Accelerator(
+        mixed_precision=resolve_precision(s),
+        gradient_accumulation_steps=s.grad_accum,
+        cpu=use_cpu,
+        log_with=None if tracker == "none" else tracker,
+        project_config=ProjectConfiguration(
+            project_dir=str(partial), logging_dir=str(partial / "logs")
+        ),
+        dynamo_backend="inductor" if s.compile else None,
+    )
+
+
+def make_dataloaders(s: Settings, train_blocks, eval_blocks) -> tuple[DataLoader, DataLoader]:
+    """Training blocks in an order that depends only on the seed and the epoch; held-out
+    blocks in order."""
+    train_blocks, eval_blocks = train_blocks.with_format("torch"), eval_blocks.with_format("torch")
+    # Own generators: a DataLoader otherwise draws a seed from the global RNG each time it is
+    # iterated, and a resumed run (one iteration fewer) would get other dropout masks.
+    train_dl = DataLoader(
+        train_blocks,
+        batch_size=s.batch_size,
+        sampler=EpochShuffle(len(train_blocks), s.seed),
+        num_workers=s.dataloader_workers,
+        generator=torch.Generator().manual_seed(s.seed),
+    )
+    eval_dl = DataLoader(
+        eval_blocks,
+        batch_size=s.batch_size,
+        num_workers=s.dataloader_workers,
+        generator=torch.Generator().manual_seed(s.seed),
+    )
+    return train_dl, eval_dl
+
+
+def build_model(s: Settings, base_path: str, config=None):
+    """The model to train: the base (or a random init of ``config``), wrapped for LoRA unless
+    --full. Returns ``(model, parameters of the base, LoRA target modules or None)``."""
+    from transformers import AutoModelForCausalLM
+
+    if s.from_scratch:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    n_params = sum(p.numel() for p in model.parameters())
+    if s.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if s.full:
+        return model, n_params, None
+    from peft import get_peft_model
+
+    lora = lora_config(s, model)
+    targets = lora.target_modules
+    targets = targets if isinstance(targets, str) else sorted(targets)
+    return get_peft_model(model, lora), n_params, targets
+
+
+def param_groups(named, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices, none on biases and norms."""
+    named = list(named)
+    decay = [p for n, p in named if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in named if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay}]
 
 
 def lora_config(s: Settings, model):
@@ -959,48 +1095,44 @@ def device_peak_flops(s: Settings, device) -> float | None:
     return next((t * 1e12 for key, t in PEAK_TFLOPS.items() if key in name), None)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def finish_folder(s, progress, derived, exported, digests, peak_flops, partial, out) -> None:
+def finish_folder(
+    s: Settings, progress: Progress, derived, exported, digests, peak_flops, partial, out
+) -> None:
     """Lift the exported model to the top of NAME.partial, add the card, rename it to NAME."""
     for item in (partial / "best").iterdir():
         item.replace(partial / item.name)
     shutil.rmtree(partial / "best")
     shutil.rmtree(partial / "checkpoints", ignore_errors=True)
 
-    evals, baseline = progress["evals"], progress["baseline"] or {}
+    evals, baseline = progress.evals, progress.baseline or {}
     final = evals[-1] if evals and evals[-1]["step"] > 0 else {}
     chosen = final
     if exported == "best":
-        chosen = next((e for e in evals if e["step"] == progress["best_step"]), final)
-    timed = progress["timed_seconds"]
-    tok_s = progress["timed_tokens"] / timed if timed > 0 else None
+        chosen = next((e for e in evals if e["step"] == progress.best_step), final)
+    timed = progress.timed_seconds
+    tok_s = progress.timed_tokens / timed if timed > 0 else None
     memory, memory_kind = peak_memory_mb()
     results = {
-        "steps": progress["step"],
+        "steps": progress.step,
         "exported": exported,
-        "exported_step": chosen.get("step", progress["step"]),
+        "exported_step": chosen.get("step", progress.step),
         "eval_loss_before": baseline.get("eval_loss"),
         "perplexity_before": baseline.get("perplexity"),
         "eval_loss_after": chosen.get("eval_loss"),
         "perplexity_after": chosen.get("perplexity"),
         "final_eval_loss": final.get("eval_loss"),
-        "final_train_loss": progress["last_train_loss"],
-        "best_step": progress["best_step"],
-        "train_tokens": progress["train_tokens"],
-        "train_seconds": progress["train_seconds"],
+        "final_train_loss": progress.last_train_loss,
+        "best_step": progress.best_step,
+        "train_tokens": progress.train_tokens,
+        "train_seconds": progress.train_seconds,
         "train_tokens_per_s": tok_s,
         "mfu": 6 * derived["parameters"] * tok_s / peak_flops if tok_s and peak_flops else None,
         "peak_mem_mb": memory,
         "peak_mem_kind": memory_kind,
-        "wall_seconds": progress["wall_seconds"],
-        "history": progress["history"],
+        "wall_seconds": progress.wall_seconds,
+        "history": progress.history,
         "evals": evals,
-        "samples": progress["samples"][-3:],
+        "samples": progress.samples[-3:],
     }
     if digests is not None:
         results["rank_weight_sha256"] = digests
@@ -1027,7 +1159,7 @@ def finish_folder(s, progress, derived, exported, digests, peak_flops, partial, 
         partial.rename(out)
 
 
-def plot_losses(progress: dict, path: Path) -> bool:
+def plot_losses(progress: Progress, path: Path) -> bool:
     """loss.png: training loss at each log step and held-out loss at each evaluation."""
     try:
         import matplotlib
@@ -1037,11 +1169,11 @@ def plot_losses(progress: dict, path: Path) -> bool:
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
-    if progress["history"]:
-        hist = progress["history"]
+    if progress.history:
+        hist = progress.history
         ax.plot([h["step"] for h in hist], [h["train_loss"] for h in hist], label="train")
-    if progress["evals"]:
-        evals = progress["evals"]
+    if progress.evals:
+        evals = progress.evals
         ax.plot([e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="held-out")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (nats per token)")

@@ -21,8 +21,13 @@ import shutil
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(ROOT))
+
+from dungeon.builtin_model import BUILTIN_MODEL  # noqa: E402
+
 MAX_BYTES = 20 * 1024 * 1024
-BASE = "smollm2-135m"
 COPIED = ("adapter_config.json", "dungeon.json", "README.md", "loss.png")
 DTYPES = ("fp16", "bf16")
 
@@ -43,10 +48,10 @@ def problems(run: Path) -> list[str]:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         return [f"{config_file}: unreadable ({err})"]
-    if config.get("base_model_name_or_path") != BASE:
+    if config.get("base_model_name_or_path") != BUILTIN_MODEL:
         found.append(
             f"the adapter's base is {config.get('base_model_name_or_path')!r}; the shipped "
-            f"adapter must be trained on --base {BASE}"
+            f"adapter must be trained on --base {BUILTIN_MODEL}"
         )
     if not (run / "dungeon.json").is_file():
         found.append(f"{run} has no dungeon.json: it was not written by scripts/finetune.py")
@@ -79,7 +84,7 @@ def shipped_note(run: Path, dtype: str) -> str:
         "\n## Shipped in the package\n\n"
         f"Copied from `{run}` with `python scripts/ship_adapter.py {run} --dtype {dtype}`: "
         f"the LoRA weights in {dtype} safetensors. `dungeon play` uses this adapter by default "
-        f"on `{BASE}`; `dungeon play --no-adapter` plays the raw base.\n"
+        f"on `{BUILTIN_MODEL}`; `dungeon play --no-adapter` plays the raw base.\n"
     )
 
 

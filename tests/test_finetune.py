@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import load_script
-from test_corpus_data import make_story, write_corpus
+from story_factory import make_story, write_corpus
 
 from dungeon.format import FormatSpec, render_story_file
 

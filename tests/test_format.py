@@ -111,7 +111,9 @@ def test_player_line_must_follow_a_blank_line():
 def test_non_utf8_file_names_the_line(tmp_path):
     path = tmp_path / "latin.txt"
     path.write_bytes(b"title: X\ngenre: g\ntags: t\n---\nCaf\xe9 au lait.\n")
-    with pytest.raises(StoryFormatError, match=r"latin\.txt:5: not UTF-8 text \(byte 0xe9\)"):
+    with pytest.raises(
+        StoryFormatError, match=r"latin\.txt:5: not UTF-8 text \(byte 0xe9 at offset 33\)"
+    ):
         read_story_file(path)
 
 

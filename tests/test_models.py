@@ -1,7 +1,9 @@
-"""Model loading: local folders, adapters, safety refusals, the hub offline, the built-in base."""
+"""Model loading: local folders, adapters, safety refusals, the hub offline, the built-in base,
+torch's thread count, and how the command line reports model errors."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import shutil
@@ -12,17 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from dungeon import models
+from dungeon import builtin_model, models
+from dungeon.builtin_model import BUILTIN_MODEL
+from dungeon.errors import ModelNotFoundError, UnsafeModelError
 from dungeon.format import FormatSpec
 from dungeon.generator import SamplingSettings
-from dungeon.models import (
-    BUILTIN,
-    ModelNotFoundError,
-    UnsafeModelError,
-    choose_placement,
-    load_generator,
-    resolve_base,
-)
+from dungeon.models import choose_placement, load_generator, resolve_base
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "You wake in a cellar that smells of apples.\n\n> You climb the stairs.\n"
@@ -38,13 +35,22 @@ def copy_model(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_importing_dungeon_and_models_stays_light():
+def test_the_model_modules_and_the_command_line_import_without_torch():
+    """The CLI catches model errors by type, so the modules that define them must stay light."""
     code = (
-        "import sys, dungeon, dungeon.models; "
+        "import sys, dungeon, dungeon.models, dungeon.builtin_model, dungeon.errors, dungeon.cli; "
         "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; "
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_one_name_for_the_builtin_model():
+    from dungeon.config import DEFAULT_MODEL, PlayOptions
+
+    assert BUILTIN_MODEL == "smollm2-135m"  # the name players type
+    assert DEFAULT_MODEL == PlayOptions().model == BUILTIN_MODEL
+    assert models.ModelNotFoundError is ModelNotFoundError  # still importable from models
 
 
 # --- finding models ---------------------------------------------------------------------------
@@ -70,7 +76,7 @@ def test_hub_id_offline_fails_fast_with_a_way_out(tmp_path, monkeypatch):
         load_generator("gpt2")
     assert time.monotonic() - started < 5
     message = str(err.value)
-    assert BUILTIN in message and "local model folder" in message
+    assert BUILTIN_MODEL in message and "local model folder" in message
     assert "Traceback" not in message and len(message.splitlines()) <= 3
 
 
@@ -89,19 +95,26 @@ def test_unreachable_hub_fails_fast_without_offline_mode(tmp_path, monkeypatch):
 
 
 def test_builtin_gguf_is_found_without_importing_its_package():
-    path = models.builtin_gguf_path()
-    assert path.name == models.BUILTIN_GGUF and path.stat().st_size > 50_000_000
-    assert models.BUILTIN_PACKAGE not in sys.modules
+    path = builtin_model.builtin_gguf_path()
+    assert path.name == builtin_model.BUILTIN_GGUF and path.stat().st_size > 50_000_000
+    assert builtin_model.BUILTIN_PACKAGE not in sys.modules
 
 
 # --- local folders and safety -----------------------------------------------------------------
 
 
 def test_loads_a_local_folder(tiny_gpt2):
-    gen = load_generator(str(tiny_gpt2), device="cpu")
+    from safetensors.torch import load_file
+
+    gen = load_generator(str(tiny_gpt2), device="cpu", dtype="float32")
     assert gen.name == str(tiny_gpt2)
-    assert gen.model.dtype.is_floating_point
-    assert isinstance(gen.generate(PROMPT, seed=1), str)
+    loaded = gen.model.state_dict()
+    for key, weight in load_file(tiny_gpt2 / "model.safetensors").items():
+        assert loaded[key].equal(weight), key  # the folder's weights, not a fresh init
+    settings = SamplingSettings(max_new_tokens=8, min_new_tokens=8)
+    text = gen.generate(PROMPT, seed=1, settings=settings)
+    assert gen.last_stats.new_tokens == 8 and text.strip()
+    assert gen.generate(PROMPT, seed=1, settings=settings) == text
 
 
 def test_refuses_pickle_only_weights_unless_allowed(tiny_gpt2, tmp_path):
@@ -115,7 +128,8 @@ def test_refuses_pickle_only_weights_unless_allowed(tiny_gpt2, tmp_path):
     with pytest.raises(UnsafeModelError, match="allow_pickle"):
         load_generator(folder)
     gen = load_generator(folder, allow_pickle=True, device="cpu", dtype="float32")
-    assert isinstance(gen.generate(PROMPT, seed=1), str)
+    original = load_generator(tiny_gpt2, device="cpu", dtype="float32")
+    assert gen.generate(PROMPT, seed=1) == original.generate(PROMPT, seed=1)
 
 
 def test_refuses_a_model_that_brings_its_own_code(tiny_gpt2, tmp_path):
@@ -198,14 +212,65 @@ def test_choose_placement():
         choose_placement("tpu")
 
 
-def test_threads(tiny_gpt2):
+def test_threads_are_set_only_when_asked(tiny_gpt2):
+    """torch's thread count is global to the process: an embedding program keeps its own."""
     import torch
 
+    torch.set_num_threads(2)  # the autouse fixture puts the old value back
+    load_generator(tiny_gpt2, device="cpu")
+    assert torch.get_num_threads() == 2
     load_generator(tiny_gpt2, device="cpu", threads=1)
     assert torch.get_num_threads() == 1
     with pytest.raises(ValueError, match="threads"):
         load_generator(tiny_gpt2, device="cpu", threads=0)
-    assert models.default_threads() in (1, None)
+    assert torch.get_num_threads() == 1
+
+
+def test_default_threads_is_one_on_small_machines(monkeypatch):
+    for cores, expected in [(1, 1), (2, 1), (4, None), (64, None), (None, 1)]:
+        monkeypatch.setattr(models.os, "cpu_count", lambda cores=cores: cores)
+        assert models.default_threads() == expected, cores
+
+
+def test_dungeon_play_picks_the_default_threads(tiny_gpt2, monkeypatch, capsys):
+    import torch
+
+    from dungeon.cli import main
+
+    torch.set_num_threads(2)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # piped play, no input
+    argv = ["play", "--model", str(tiny_gpt2), "--scenario", "fantasy", "--seed", "1"]
+    assert main([*argv, "--threads", "3"]) == 0
+    assert torch.get_num_threads() == 3
+    assert main(argv) == 0
+    assert torch.get_num_threads() == (models.default_threads() or 3)
+
+
+# --- the command line reports model errors by type ---------------------------------------------
+
+
+def test_cli_reports_a_missing_model_in_one_line(tmp_path, monkeypatch, capsys):
+    from dungeon.cli import main
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    argv = ["play", "--model", str(tmp_path / "nowhere"), "--scenario", "fantasy", "--seed", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dungeon: no model folder at") and "Traceback" not in err
+
+
+def test_cli_catches_the_error_classes_not_their_names(monkeypatch):
+    from dungeon import cli
+
+    class UnsafeModelError(Exception):  # the same name, another class: a bug, not a message
+        pass
+
+    def play(args):
+        raise UnsafeModelError("impostor")
+
+    monkeypatch.setattr(cli, "cmd_play", play)
+    with pytest.raises(UnsafeModelError, match="impostor"):
+        cli.main(["play", "--model", "fake"])
 
 
 # --- the built-in base ------------------------------------------------------------------------
@@ -219,12 +284,12 @@ def test_builtin_conversion_is_atomic(tmp_path, monkeypatch):
         (out / "config.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(models, "_convert_gguf", interrupted)
+    monkeypatch.setattr(builtin_model, "_convert_gguf", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        models.ensure_builtin()
-    assert not models.builtin_dir().exists()
+        builtin_model.ensure_builtin()
+    assert not builtin_model.builtin_dir().exists()
     assert not list(tmp_path.joinpath("models").iterdir())  # the partial folder is gone too
-    stale = tmp_path / "models" / f"{models.BUILTIN}.partial-999999999"
+    stale = tmp_path / "models" / f"{BUILTIN_MODEL}.partial-999999999"
     stale.mkdir()  # left by a conversion that was killed
 
     def converted(gguf, out, steps):
@@ -233,25 +298,26 @@ def test_builtin_conversion_is_atomic(tmp_path, monkeypatch):
         (out / "config.json").write_text("{}")
         (out / "model.safetensors").write_bytes(b"stub")
 
-    monkeypatch.setattr(models, "_convert_gguf", converted)
+    monkeypatch.setattr(builtin_model, "_convert_gguf", converted)
     messages = []
-    folder = models.ensure_builtin(progress=messages.append)
+    folder = builtin_model.ensure_builtin(progress=messages.append)
     assert any("dequantizing" in m for m in messages)
-    assert folder == models.builtin_dir() and (folder / models.CACHE_STAMP).is_file()
+    assert folder == builtin_model.builtin_dir() and (folder / builtin_model.CACHE_STAMP).is_file()
     assert [p.name for p in tmp_path.joinpath("models").iterdir()] == [folder.name]
-    monkeypatch.setattr(models, "_convert_gguf", interrupted)
-    assert models.ensure_builtin() == folder  # cached: no second conversion
+    monkeypatch.setattr(builtin_model, "_convert_gguf", interrupted)
+    assert builtin_model.ensure_builtin() == folder  # cached: no second conversion
 
 
 @pytest.mark.slow
 def test_builtin_model_loads_from_the_cache_quickly():
-    models.ensure_builtin()
+    builtin_model.ensure_builtin()
     started = time.monotonic()
-    gen = load_generator(BUILTIN)
+    gen = load_generator(BUILTIN_MODEL)
     assert time.monotonic() - started < 20
     assert gen.context_window >= 2048
     text = gen.generate(PROMPT, seed=1)
-    assert isinstance(text, str) and ">" not in text
+    assert text.strip() and ">" not in text
+    assert gen.generate(PROMPT, seed=1) == text
 
 
 @pytest.mark.slow
@@ -259,11 +325,13 @@ def test_builtin_cache_matches_the_gguf_weights():
     import torch
     from transformers import AutoModelForCausalLM
 
-    gguf = models.builtin_gguf_path()
+    gguf = builtin_model.builtin_gguf_path()
     direct = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
-    cached = AutoModelForCausalLM.from_pretrained(models.ensure_builtin(), dtype=torch.float32)
+    cached = AutoModelForCausalLM.from_pretrained(
+        builtin_model.ensure_builtin(), dtype=torch.float32
+    )
     ids = torch.tensor([[1, 504, 3458, 314, 253, 1345]])
     with torch.inference_mode():
         assert torch.allclose(direct(ids).logits, cached(ids).logits, atol=1e-4)

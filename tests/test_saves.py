@@ -98,6 +98,19 @@ def test_migration_path_is_used(tmp_path, monkeypatch):
     assert data.story.premise == "Old." and data.story.memory == []
 
 
+def test_a_version_1_save_loads_with_every_candidate_shown():
+    turn = {"action": "You wait.", "mode": "do", "chosen": 0, "candidates": []}
+    turn["candidates"] = [{"text": "Rain.", "seed": 3, "flagged": False}]
+    old = {
+        "format": "dungeon-save",
+        "version": 1,
+        "story": {"premise": "Old.", "memory": [], "turns": [turn], "undone": [turn], "seed": 1},
+    }
+    story = saves.loads(json.dumps(old)).story
+    assert story.turns[0].candidates[0].shown and story.undone[0].candidates[0].shown
+    assert story.turns[0].ready == []
+
+
 def test_escape_sequences_in_a_save_are_removed_on_load():
     doc = json.loads(saves.dumps(SaveData(Story(premise="Hi."))))
     doc["story"]["premise"] = "Hi.\x1b]0;owned\x07\x1b[2J"

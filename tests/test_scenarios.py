@@ -1,4 +1,4 @@
-"""Built-in scenarios and playtest scripts: they load, expand fully, and are seeded.
+"""Built-in and user scenarios: they load, expand fully, and are seeded.
 
 Also how broken scenario files fail: a ScenarioError that names the file.
 """
@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from dungeon.config import PlayOptions
-from dungeon.play import start_story, user_scenario_dirs
 from dungeon.scenarios import (
     Scenario,
     ScenarioError,
@@ -36,8 +34,6 @@ EXPECTED = {
     "western",
 }
 BUILTINS = builtin_scenarios()
-PLAYTEST_DIR = Path(str(resources.files("dungeon") / "playtests"))
-PLAYTESTS = sorted(PLAYTEST_DIR.glob("*.json"))
 SEEDS = range(40)
 
 
@@ -276,57 +272,3 @@ def test_user_folder_scenario_is_found_by_name(tmp_path):
     # A user scenario with a built-in's name replaces it.
     write(tmp_path / "my-fantasy.json", minimal(name="fantasy", title="Mine"))
     assert find_scenario("fantasy", [tmp_path]).title == "Mine"
-
-
-def test_dungeon_play_finds_scenario_in_user_config_dir():
-    folder = user_scenario_dirs()[0]
-    write(folder / "tiny.json", minimal())
-    story, sampling = start_story(PlayOptions(model="fake", scenario="tiny", seed=5))
-    assert story.premise == find_scenario("tiny", [folder]).start(5).premise
-    assert story.premise.startswith("You are ")
-    assert sampling == {}
-
-
-def test_dungeon_play_builtin_scenario_is_seeded():
-    a, _ = start_story(PlayOptions(model="fake", scenario="pirates", seed=9))
-    b, _ = start_story(PlayOptions(model="fake", scenario="pirates", seed=9))
-    assert a.premise == b.premise == BUILTINS["pirates"].start(9).premise
-
-
-# --- playtest scripts -----------------------------------------------------------------------
-
-
-def test_there_are_playtests_across_genres():
-    assert len(PLAYTESTS) >= 12
-    genres = {json.loads(p.read_text(encoding="utf-8"))["genre"] for p in PLAYTESTS}
-    assert len(genres) >= 10
-
-
-@pytest.mark.parametrize("path", PLAYTESTS, ids=lambda p: p.stem)
-def test_playtest_shape(path):
-    data = json.loads(path.read_text(encoding="utf-8"))
-    assert data["name"] == path.stem
-    assert isinstance(data["genre"], str) and data["genre"].strip()
-    premise = data["premise"]
-    assert isinstance(premise, str) and premise.startswith("You ")
-    assert 3 <= len(re.findall(r"[.!?](?:\s|$)", premise)) <= 5
-    inputs = data["inputs"]
-    assert isinstance(inputs, list) and len(inputs) == 15
-    assert all(isinstance(i, str) for i in inputs)
-    assert not any(i.startswith("/") for i in inputs), "no slash commands in playtests"
-
-
-def test_playtests_cover_the_hard_inputs():
-    every = [i for p in PLAYTESTS for i in json.loads(p.read_text(encoding="utf-8"))["inputs"]]
-    assert "" in every  # continue
-    assert any(i.startswith('"') for i in every)  # speech
-    assert any(i.startswith('"') and i.rstrip().endswith("?") for i in every)  # a question
-    assert any(i.startswith("!") for i in every)  # story text
-    assert any(re.match(r"I\b", i) or " my " in f" {i} " for i in every)  # first person
-    assert any(i in {"n", "s", "e", "w", "u", "d", "l", "i", "z"} for i in every)  # terse
-    assert any(300 <= len(i) <= 600 for i in every)  # long rambling
-    repeats = 0
-    for path in PLAYTESTS:
-        typed = [i for i in json.loads(path.read_text(encoding="utf-8"))["inputs"] if i]
-        repeats += len(typed) > len(set(typed))
-    assert repeats >= 3  # the same action typed again

