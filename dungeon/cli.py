@@ -1,8 +1,11 @@
 """The ``dungeon`` command (also ``python -m dungeon``).
 
     dungeon play [--scenario NAME | --premise FILE | --load NAME] [--model M] [--seed N] ...
-    dungeon check-corpus [FOLDER]
+    dungeon check-corpus [SOURCE ...] [--data SOURCE[:WEIGHT]] ...   (same data flags as finetune)
+    dungeon finetune ...        (see ``dungeon finetune --help``; the flags of scripts/finetune.py)
     dungeon eval ...            (see ``dungeon eval --help``)
+    dungeon serve [--model M] [--host H] [--port P] [--api-key KEY] [--saves DIR] ...
+    dungeon export RUN --merged OUT | --gguf OUT.gguf   (see docs/export.md)
 
 Configuration is read here, at the entry point, and passed down as dataclasses.
 """
@@ -15,10 +18,14 @@ import sys
 from pathlib import Path
 
 from dungeon.config import DEFAULT_MODEL, ConfigError, config_file, merge, read_config
+from dungeon.corpus.command import add_check_corpus_parser
 from dungeon.errors import ModelNotFoundError, UnsafeModelError
-from dungeon.evaluate import add_eval_parser
+from dungeon.evaluation.command import add_eval_parser
+from dungeon.export.command import add_export_parser
 from dungeon.saves import SaveError
 from dungeon.scenarios import ScenarioError
+from dungeon.serve.command import add_serve_parser
+from dungeon.training.command import add_finetune_parser
 
 # Problems whose message says what to do: printed without a traceback wall.
 USER_ERRORS = (ModelNotFoundError, UnsafeModelError, ScenarioError, SaveError)
@@ -70,6 +77,12 @@ def _play_parser(sub) -> argparse.ArgumentParser:
     m.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 or mps")
     m.add_argument("--dtype", help="auto (default), float32, bfloat16 or float16")
     m.add_argument(
+        "--quantize",
+        choices=["auto", "int4", "int8", "none"],
+        help="weight-only quantized decode on the CPU (default auto: 4-bit for the built-in "
+        "model where this CPU's int4 kernel is faster, else full precision)",
+    )
+    m.add_argument(
         "--threads",
         type=int,
         help="CPU threads for the model (default: 1 on machines with 2 cores or fewer, else torch's)",
@@ -80,6 +93,13 @@ def _play_parser(sub) -> argparse.ArgumentParser:
         const=True,
         dest="allow_pickle",
         help="load pickle-only weights (pytorch_model.bin); only for models you trust",
+    )
+    m.add_argument(
+        "--tokenizer",
+        metavar="PATH_OR_NAME",
+        help="with --model http://host:port/v1 (a model on an inference server): a local "
+        "tokenizer for its model (a folder, smollm2-135m, gpt2, or 'estimate'); default: the "
+        "server's tokenize endpoint",
     )
 
     s = p.add_argument_group("sampling (also changeable in play with /set)")
@@ -114,6 +134,12 @@ def _play_parser(sub) -> argparse.ArgumentParser:
         help="responses written per turn in one batch, 1-8 (default 1); Alt-Left/Right or "
         "/choose N flips between them, /retry shows the next",
     )
+    s.add_argument(
+        "--picker",
+        choices=["first", "story"],
+        help="which candidate is shown: 'first' (default) or 'story' (the one that answers "
+        "the action best without repeating itself)",
+    )
 
     p.add_argument(
         "--no-color", action="store_const", const=False, dest="color", help="plain text, no colours"
@@ -131,7 +157,9 @@ def _options(args: argparse.Namespace):
             "adapter",
             "device",
             "dtype",
+            "quantize",
             "threads",
+            "tokenizer",
             "scenario",
             "load",
             "seed",
@@ -146,6 +174,7 @@ def _options(args: argparse.Namespace):
             "ban_marker",
             "context_budget",
             "candidates",
+            "picker",
         ]
     }
     flags["premise_file"] = args.premise
@@ -165,30 +194,6 @@ def cmd_play(args: argparse.Namespace) -> int:
     return run_interactive(opts)
 
 
-def cmd_check_corpus(args: argparse.Namespace) -> int:
-    from dungeon.corpus.check import check_corpus
-
-    count = None
-    if not args.no_tokens:
-        try:
-            from dungeon.tiny import load_gpt2_tokenizer
-
-            tok = load_gpt2_tokenizer()
-            tok.model_max_length = 10**9  # counting only: stories may exceed GPT-2's window
-            count = lambda text: len(tok(text).input_ids)  # noqa: E731
-        except Exception as err:  # the tokenizer is optional here
-            print(f"(no token count: {err})", file=sys.stderr)
-    report = check_corpus(args.folder, count)
-    print(report.table())
-    for problem in report.problems:
-        print(problem, file=sys.stderr)
-    if report.problems:
-        print(f"{len(report.problems)} problem(s) in {args.folder}", file=sys.stderr)
-        return 1
-    print(f"{args.folder}: {len(report.stories)} stories, all checks passed")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dungeon",
@@ -199,11 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dungeon {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _play_parser(sub).set_defaults(func=cmd_play)
-    c = sub.add_parser("check-corpus", help="check a folder of story files and print statistics")
-    c.add_argument("folder", nargs="?", type=Path, default=Path("stories"))
-    c.add_argument("--no-tokens", action="store_true", help="skip the GPT-2 token count")
-    c.set_defaults(func=cmd_check_corpus)
+    add_check_corpus_parser(sub)
+    add_finetune_parser(sub)
     add_eval_parser(sub)
+    add_export_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 

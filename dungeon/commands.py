@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +19,7 @@ from dungeon.format import Mode
 from dungeon.game import NothingToDo
 from dungeon.session import Session, check_slot, list_saves
 from dungeon.story import WorldEntry
+from dungeon.world_state import describe
 
 Handler = Callable[[Session, str], None]
 
@@ -327,10 +328,38 @@ def _world(session: Session, args: str) -> None:
 
 
 @cmd(
+    "state",
+    "/state [add ITEM|drop ITEM|forget NAME]",
+    "Show what you carry, your condition, people and places; fix what the engine read.",
+    arguments=lambda s: ["add", "drop", "forget"],
+)
+def _state(session: Session, args: str) -> None:
+    sub, _, rest = args.strip().partition(" ")
+    sub, game = sub.lower(), session.game
+    if sub in ("", "show", "list"):
+        text = describe(game.story.state)
+        if not game.settings.state:
+            text += "\n(kept, but left out of the model's context: /set state on)"
+        session.out.system(text)
+        return
+    if sub not in ("add", "drop", "forget"):
+        raise ValueError("use /state, /state add ITEM, /state drop ITEM or /state forget NAME")
+    name = " ".join(rest.split())
+    game.edit_state(sub, name)  # type: ignore[arg-type]
+    done = {"add": "You now carry", "drop": "You no longer carry", "forget": "Forgotten"}
+    session.out.system(f"{done[sub]}: {name}")
+
+
+_ON_OFF = {"on": True, "off": False, "true": True, "false": False, "yes": True, "no": False}
+
+
+@cmd(
     "set",
     "/set KEY VALUE",
     "Change a setting, e.g. /set temperature 0.7 (see /settings).",
-    arguments=lambda s: [*(s.game.sampling.to_dict() if s else {}), "candidates"] if s else [],
+    arguments=lambda s: (
+        [*(s.game.sampling.to_dict() if s else {}), "candidates", "state"] if s else []
+    ),
 )
 def _set(session: Session, args: str) -> None:
     key, _, value = args.partition(" ")
@@ -341,6 +370,13 @@ def _set(session: Session, args: str) -> None:
     if key == "candidates":
         session.game.set_candidates(value.strip())
         session.out.system(f"candidates = {session.game.settings.candidates}")
+        return
+    if key == "state":
+        on = _ON_OFF.get(value.strip().lower())
+        if on is None:
+            raise ValueError(f"state takes on or off, got {value.strip()!r}")
+        session.game.settings = replace(session.game.settings, state=on)
+        session.out.system(f"state = {'on' if on else 'off'}")
         return
     new = session.game.set_sampling(key, value.strip())
     session.out.system(f"{key} = {getattr(new, key)}")
@@ -353,6 +389,7 @@ def _settings(session: Session, args: str) -> None:
     ctx = session.game.context_settings
     lines = [f"  {k:<20} {v}" for k, v in s.items()]
     lines.append(f"  {'candidates':<20} {session.game.settings.candidates}")
+    lines.append(f"  {'state':<20} {'on' if session.game.settings.state else 'off'}")
     lines.append(f"  {'context budget':<20} {ctx.budget} tokens")
     session.out.system("\n".join(lines))
 

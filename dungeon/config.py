@@ -22,6 +22,7 @@ from dungeon.builtin_model import BUILTIN_MODEL
 from dungeon.game import MAX_CANDIDATES
 from dungeon.generator import SamplingSettings
 from dungeon.paths import config_dir
+from dungeon.picker import PICKERS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,9 +47,14 @@ class PlayOptions:
     """A LoRA adapter folder, 'none' for the raw base; unset uses the shipped adapter if any."""
     device: str = "auto"
     dtype: str = "auto"
+    quantize: str = "auto"
+    """Weight-only quantized decode on the CPU: auto, int4, int8 or none (dungeon.quantize)."""
     threads: int | None = None
     allow_pickle: bool = False
     """Load pickle-only weights (only for models you trust)."""
+    tokenizer: str | None = None
+    """For a model on a server (``--model http://host:port/v1``): a local tokenizer for its
+    model (a folder, 'smollm2-135m', 'gpt2', or 'estimate'); unset: the server's own."""
     scenario: str | None = None
     premise_file: Path | None = None
     load: str | None = None
@@ -58,6 +64,10 @@ class PlayOptions:
     context_budget: int = 1024
     candidates: int = 1
     """Responses written per turn in one batch (flip between them; retry shows the next)."""
+    picker: str = "first"
+    """Which candidate is shown first: 'first' (as written) or 'story' (dungeon.picker)."""
+    state: bool = True
+    """Put the world's state (inventory, condition, people, places) into the model's context."""
 
 
 SAMPLING_KEYS = {f.name for f in fields(SamplingSettings)}
@@ -66,12 +76,16 @@ TOP_KEYS = {
     "adapter",
     "device",
     "dtype",
+    "quantize",
     "threads",
     "color",
     "context_budget",
     "candidates",
+    "picker",
+    "state",
     "scenario",
     "allow_pickle",
+    "tokenizer",
 }
 
 
@@ -109,8 +123,14 @@ def merge(config: dict, flags: dict) -> PlayOptions:
     opts = PlayOptions(**{k: v for k, v in merged.items() if k in known}, sampling=settings)
     if opts.premise_file is not None:
         opts.premise_file = Path(opts.premise_file)
+    if opts.quantize not in ("auto", "int4", "int8", "none"):
+        raise ConfigError(f"quantize must be auto, int4, int8 or none, got {opts.quantize!r}")
+    if opts.picker not in PICKERS:
+        raise ConfigError(f"no picker named {opts.picker!r}; choose one of: {', '.join(PICKERS)}")
     if not isinstance(opts.candidates, int) or not 1 <= opts.candidates <= MAX_CANDIDATES:
         raise ConfigError(
             f"candidates must be between 1 and {MAX_CANDIDATES}, got {opts.candidates}"
         )
+    if not isinstance(opts.state, bool):
+        raise ConfigError(f"state must be true or false, got {opts.state!r}")
     return opts

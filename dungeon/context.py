@@ -3,6 +3,7 @@
 A pure function of the story, the text that opens the new turn and a token counter. Layout::
 
     <memory, one fact a line>            pinned
+    <the world's state, a few lines>     what the turns left out established; capped
     <world info entries that apply>      as room allows, constant entries first
     <premise>                            pinned
     <tail sentences of an older turn>    only when whole turns no longer fit
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 from dungeon.format import render_turn
 from dungeon.story import Story, Turn, WorldEntry
+from dungeon.world_state import WorldState, derive, fit_state, left_behind
 
 Counter = Callable[[str], int]
 
@@ -39,6 +41,13 @@ class ContextSettings:
     slide_slack: float = 0.25
     """When old turns must go, drop enough to free this share of the budget, so the start of
     the prompt stays the same for several turns (a backend can then reuse its cache)."""
+    state_tokens: int = 64
+    """The most tokens the world's state (what you carry, your condition, people, places) may
+    take; it goes in after world info as room allows, newest entries first. 0 leaves it out."""
+    state_all: bool = False
+    """List the whole state, not only what the turns left out of the prompt established. The
+    lines then change with most turns, and with them the prompt's start, so a backend that
+    reuses its cache of the prompt's start prefills the whole prompt again on those turns."""
 
     def __post_init__(self) -> None:
         if self.budget < 16:
@@ -49,6 +58,8 @@ class ContextSettings:
             raise ValueError("world_scan_turns must be 0 or more")
         if not 0.0 <= self.slide_slack < 1.0:
             raise ValueError("slide_slack must be in [0, 1)")
+        if self.state_tokens < 0:
+            raise ValueError("state_tokens must be 0 or more")
 
 
 class ContextOverflowError(ValueError):
@@ -75,6 +86,8 @@ class Context:
     """Whether some closing sentences of the turn before ``first_turn`` are included."""
     world_entries: tuple[int, ...] = field(default=())
     """Indices of the world-info entries included."""
+    state: str = ""
+    """The lines of the world's state included (empty when none fit or it is off)."""
 
 
 def _has_key(key: str, text: str) -> bool:
@@ -92,6 +105,25 @@ def active_world_entries(world: Sequence[WorldEntry], scan_text: str) -> list[in
         and (not e.secondary_keys or any(_has_key(k, scan_text) for k in e.secondary_keys))
     ]
     return constant + keyed
+
+
+def _state_for(story: Story, turns: Sequence[Turn]) -> WorldState:
+    """The state as of ``turns``: the story's own, or derived again when a retry leaves out
+    the last turn (the state must not know the response being replaced)."""
+    if len(turns) == len(story.turns):
+        return story.state
+    pairs = ((t.action, t.response) for t in turns)
+    return derive(pairs, story.state.edits, story.premise)
+
+
+def _fit_state(state: WorldState, count: Counter, limit: int) -> str:
+    """The state's lines (ending in a newline) that fit ``limit`` tokens with the blank line
+    after them; '' when none do."""
+    for room in range(limit, max(0, limit - 3), -1):  # a token merge can cost one more
+        text = fit_state(state, count, room)
+        if not text or count(text + "\n") <= limit:
+            return text
+    return ""
 
 
 def _sentences(text: str) -> list[str]:
@@ -165,6 +197,15 @@ def build_context(
             world_idx.append(i)
             room -= cost
 
+    # The world's state: room for a few capped lines is set aside after world info; what goes
+    # there is decided once the turns are placed (below).
+    world_state, reserved = None, 0
+    if min(room, settings.state_tokens) > 0:
+        world_state = _state_for(story, turns)
+        whole = _fit_state(world_state, count, min(room, settings.state_tokens))
+        reserved = count(whole + "\n") if whole else 0
+        room -= reserved
+
     # Turns, newest first, while they fit.
     texts = [render_turn(t.action, t.mode, t.response) for t in turns]
     costs = [count(t) for t in texts]
@@ -192,12 +233,22 @@ def build_context(
             kept.insert(0, s)
         partial = " ".join(kept)
 
-    header = memory + "".join(story.world[i].text + "\n" for i in world_idx)
-    if world_idx:
-        header += "\n"
+    # Only what the turns no longer in the prompt established (and the player's own edits):
+    # the turns shown say the rest. So these lines change when the window slides, when the
+    # prompt's start changes anyway, and a backend's cache of that start stays good (a change
+    # at the top of the prompt means prefilling all of it again: seconds on a CPU).
+    state = ""
+    if world_state is not None and reserved:
+        shown = world_state if settings.state_all else left_behind(world_state, first)
+        state = _fit_state(shown, count, reserved)
+
+    def header() -> str:
+        world = "".join(story.world[i].text + "\n" for i in world_idx)
+        return memory + (state + "\n" if state else "") + (world + "\n" if world else "")
+
     while True:
         text = _assemble(
-            header,
+            header(),
             story.premise,
             partial,
             texts[first:],
@@ -207,7 +258,9 @@ def build_context(
         )
         tokens = count(text)
         if tokens <= budget:
-            return Context(text, tokens, budget, first, bool(partial), tuple(world_idx))
+            return Context(
+                text, tokens, budget, first, bool(partial), tuple(world_idx), state.rstrip("\n")
+            )
         # Merged tokens made the whole longer than its parts: give up the least needed piece.
         if partial:
             partial = ""
@@ -215,8 +268,8 @@ def build_context(
             first += 1
         elif world_idx:
             world_idx.pop()
-            header = memory + "".join(story.world[i].text + "\n" for i in world_idx)
-            header += "\n" if world_idx else ""
+        elif state:
+            state = ""
         else:
             part = max(sizes, key=lambda k: sizes[k])
             raise ContextOverflowError(part, sizes[part], budget, tokens)

@@ -9,7 +9,7 @@ gpt-fast style:
   concatenated once at start-up);
 - the key/value cache is one buffer per layer that grows by doubling, written in place;
 - rotary tables are computed once for every position;
-- a LoRA adapter that is not merged runs as a bf16 low-rank side path next to each product
+- a LoRA adapter that is not merged runs as a float32 low-rank side path next to each product
   (its A matrices concatenated, its B matrices block-diagonal, the scaling folded in).
 
 Products over more than ``quantize.QUANT_ROWS`` rows (prefill) use the dense weights.
@@ -67,7 +67,7 @@ class FusedProduct:
     """Several linear products of one input as one: a fused quantized kernel for few rows,
     the dense weights for many, and an optional low-rank side path."""
 
-    def __init__(self, modules: list[nn.Module], dtype: torch.dtype):
+    def __init__(self, modules: list[nn.Module]):
         parts = [_base_and_lora(m) for m in modules]
         bases = [p[0] for p in parts]
         self.sizes = [b.out_features for b in bases]
@@ -75,8 +75,14 @@ class FusedProduct:
             (b.weight.t() if getattr(b, "transposed", False) else b.weight) for b in bases
         ]
         self.quant = None
-        if all(isinstance(b, Int4Linear) for b in bases):
+        if len(bases) == 1 and isinstance(bases[0], QuantLinear):
+            self.quant = bases[0]  # as it is (an output layer may refine its int4 logits)
+        elif all(isinstance(b, Int4Linear) for b in bases):
             packed = torch.cat([b.packed for b in bases])
+            start = 0
+            for b, size in zip(bases, self.sizes):  # views of the fused codes: no second copy
+                b.packed = packed[start : start + size]
+                start += size
             scale_zeros = torch.cat([b.scale_zeros for b in bases], dim=1)
             self.quant = Int4Linear(packed, scale_zeros.contiguous())
         elif all(isinstance(b, Int8Linear) for b in bases):
@@ -85,7 +91,14 @@ class FusedProduct:
         elif any(isinstance(b, QuantLinear) for b in bases):
             raise ValueError("a fused product needs all its parts quantized the same way")
         elif len(bases) > 1:
-            self.dense = [torch.cat([w.detach() for w in self.dense])]
+            fused = torch.cat([w.detach() for w in self.dense])
+            if all(type(b) is nn.Linear for b in bases):
+                # The model's layers become views of the fused weight: no second copy.
+                start = 0
+                for b, size in zip(bases, self.sizes):
+                    b.weight.data = fused[start : start + size]
+                    start += size
+            self.dense = [fused]
         self.dense = [w.detach() for w in self.dense]
         self.lora = None
         loras = [p[1] for p in parts]
@@ -106,7 +119,9 @@ class FusedProduct:
                     big_b[row : row + size, col : col + r] = b
                     col += r
                 row += size
-            self.lora = (torch.cat(a_parts).to(dtype), big_b.to(dtype))
+            # float32, stored transposed for torch.mm: one-row bf16 products of these skinny
+            # shapes take 160-200 us each here, float32 ones 4-28 us (docs/models.md).
+            self.lora = (torch.cat(a_parts).t().contiguous(), big_b.t().contiguous())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (rows, in) -> (rows, sum of outputs)."""
@@ -117,8 +132,8 @@ class FusedProduct:
         else:
             y = torch.cat([F.linear(x, w) for w in self.dense], dim=-1)
         if self.lora is not None:
-            a, b = self.lora
-            y = y + F.linear(F.linear(x, a), b)
+            a_t, b_t = self.lora
+            y = y + torch.mm(torch.mm(x.float(), a_t), b_t).to(y.dtype)
         return y
 
 
@@ -143,14 +158,14 @@ class LlamaDecoder:
             self.layers.append(
                 (
                     layer.input_layernorm.weight.detach(),
-                    FusedProduct([attn.q_proj, attn.k_proj, attn.v_proj], self.dtype),
-                    FusedProduct([attn.o_proj], self.dtype),
+                    FusedProduct([attn.q_proj, attn.k_proj, attn.v_proj]),
+                    FusedProduct([attn.o_proj]),
                     layer.post_attention_layernorm.weight.detach(),
-                    FusedProduct([mlp.gate_proj, mlp.up_proj], self.dtype),
-                    FusedProduct([mlp.down_proj], self.dtype),
+                    FusedProduct([mlp.gate_proj, mlp.up_proj]),
+                    FusedProduct([mlp.down_proj]),
                 )
             )
-        self.head = FusedProduct([inner.lm_head], self.dtype)
+        self.head = FusedProduct([inner.lm_head])
         self.window = int(getattr(config, "max_position_embeddings", 2048))
         self._rotary = body.rotary_emb
         self._cos = self._sin = torch.empty(0)

@@ -28,6 +28,7 @@ from dungeon.context import Context, ContextSettings, build_context
 from dungeon.format import Mode, turn_prefix
 from dungeon.generator import BatchGenerator, Generator, SamplingSettings
 from dungeon.story import Candidate, Story, Turn, WorldEntry
+from dungeon.world_state import EditOp, WorldState
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class GameSettings:
     candidates: int = 1
     """Responses written per turn in one batch; the picker chooses which one is shown, and the
     others wait for a retry or a flip (``choose``)."""
+    state: bool = True
+    """Put the world's state (inventory, condition, people, places) into the context. It is
+    kept either way (``/state`` shows it); off measures the model without it."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.candidates <= MAX_CANDIDATES:
@@ -60,12 +64,25 @@ class GameSettings:
 
 MAX_CANDIDATES = 8
 
-Picker = Callable[[Context, Sequence[Candidate]], int]
-"""Chooses which of a turn's candidates is shown: gets the context they were written for and
-the usable candidates (in batch order), returns an index into them."""
+@dataclass(frozen=True)
+class PickInfo:
+    """What a picker knows about the turn its candidates answer."""
+
+    action: str
+    """The action as the model saw it ("You open the door."); empty for a continue turn."""
+    mode: Mode
+    context: Context
+    """The prompt the candidates were written for."""
+    recent: tuple[str, ...]
+    """The responses of the last few turns, oldest first (for repetition checks)."""
 
 
-def first_candidate(context: Context, candidates: Sequence[Candidate]) -> int:
+Picker = Callable[[PickInfo, Sequence[Candidate]], int]
+"""Chooses which of a turn's candidates is shown: gets the turn and the usable candidates (in
+batch order), returns an index into them."""
+
+
+def first_candidate(turn: PickInfo, candidates: Sequence[Candidate]) -> int:
     """The default picker: the first usable candidate, as a single generation would give."""
     return 0
 
@@ -107,6 +124,7 @@ class Game:
         self.last_notice: str | None = None
         self.last_flagged = False
         self._start_hint: int | None = None
+        self.story.refresh_state()
 
     # --- settings -------------------------------------------------------------------------
     @property
@@ -114,7 +132,8 @@ class Game:
         """The context settings, with the budget capped to what the model's window allows."""
         ctx = self.settings.context
         room = self.generator.context_window - self.sampling.max_new_tokens
-        return replace(ctx, budget=max(16, min(ctx.budget, room)))
+        state_tokens = ctx.state_tokens if self.settings.state else 0
+        return replace(ctx, budget=max(16, min(ctx.budget, room)), state_tokens=state_tokens)
 
     def set_sampling(self, key: str, raw: str) -> SamplingSettings:
         """Change one sampling setting from text (validated); returns the new settings."""
@@ -247,6 +266,13 @@ class Game:
         self._changed()
         return entry
 
+    def edit_state(self, op: EditOp, name: str) -> WorldState:
+        """The player's fix to the world's state: ``add`` or ``drop`` an item, ``forget`` a
+        person, place or condition. Kept across undo and retry (see dungeon.world_state)."""
+        state = self.story.edit_state(op, sanitize(name))
+        self._changed()
+        return state
+
     def context_preview(self, text: str = "", mode: Mode = "do") -> Context:
         """The context the next turn would get (for a token gauge), without generating."""
         action = make_action(text, mode)
@@ -336,7 +362,7 @@ class Game:
                 usable = [best[1]]  # the least repetitive of the attempts
             if not usable:
                 continue
-            chosen = self._pick(context, usable)
+            chosen = self._pick(PickInfo(action, mode, context, tuple(recent)), usable)
             for i, c in enumerate(usable):
                 c.shown = i == chosen
             pick = usable[chosen]
@@ -364,10 +390,10 @@ class Game:
                 if close is not None:
                     close()
 
-    def _pick(self, context: Context, usable: list[Candidate]) -> int:
+    def _pick(self, turn: PickInfo, usable: list[Candidate]) -> int:
         if len(usable) == 1:
             return 0
-        chosen = self.picker(context, usable)
+        chosen = self.picker(turn, usable)
         if not 0 <= chosen < len(usable):
             raise ValueError(f"the picker chose {chosen} of {len(usable)} candidates")
         return chosen
@@ -382,12 +408,14 @@ class Game:
 
     def _commit_new(self, action: Action, found: _Found) -> Turn:
         turn = Turn(action.text, action.mode, found.candidates, found.chosen)
+        self.story.settle_state_edits()
         self.story.turns.append(turn)
         self.story.undone.clear()
         self._changed()
         return turn
 
     def _changed(self) -> None:
+        self.story.refresh_state()  # the state follows the turns: undo, retry, choose
         if self.on_commit is not None:
             self.on_commit(self)
 

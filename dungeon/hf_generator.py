@@ -13,7 +13,13 @@ prefix with what the cache already holds are run through the model. One turn::
            yield what cannot be the start of a stop string
            logits = model([token])                  # one token at a time, cache grows
 
-A Ctrl-C in the middle of a forward pass leaves the cache marked unknown (``_cache_ids`` is
+The model runs behind a *runner* that owns the cache (dungeon.hf_cache): LlamaDecoder
+(dungeon.fast_decode) for Llama-family models on the CPU, HFRunner (transformers' forward)
+otherwise. ``stream_batch`` writes one response per seed to the same prompt in one batch: the
+cache forks into rows after the prefill, each row samples with its own seeded generator, and a
+row that ends leaves the batch.
+
+A Ctrl-C in the middle of a forward pass leaves the cache marked unknown (``_row_ids`` is
 None while the model runs), and the next call simply starts from an empty cache.
 """
 

@@ -348,6 +348,24 @@ def _quiet_local_load(local: bool):
             hf_logging.enable_progress_bar()
 
 
+def _load_remote(url, adapter, tokenizer, settings, context_window):
+    """A model on an inference server (``load_generator("http://host:port/v1")``)."""
+    from dungeon.remote import load_remote
+
+    if adapter is not None:
+        raise ModelNotFoundError(
+            "an adapter is loaded where the model runs: give it to the server (e.g. vLLM's "
+            "--enable-lora), not to dungeon"
+        )
+    return load_remote(
+        url,
+        tokenizer=tokenizer,
+        settings=settings,
+        api_key=os.environ.get("DUNGEON_MODEL_API_KEY") or None,
+        context_window=context_window,
+    )
+
+
 def load_generator(
     model: str | os.PathLike | None,
     adapter: str | os.PathLike | None = None,
@@ -357,19 +375,28 @@ def load_generator(
     threads: int | None = None,
     settings: SamplingSettings | None = None,
     allow_pickle: bool = False,
-    merge_adapter: bool = True,
+    merge_adapter: bool | None = None,
+    quantize: str = "auto",
     reuse_cache: bool = True,
     context_window: int | None = None,
     progress: Progress | None = None,
+    tokenizer: str | None = None,
 ) -> TransformersGenerator:
     """Load a causal LM (and optionally a LoRA adapter) as a TransformersGenerator.
+
+    ``model`` may also be a server's address, ``http://host:port/v1``: the model then runs
+    there (any OpenAI-compatible completions server) and a ``dungeon.remote.RemoteGenerator``
+    comes back; ``tokenizer`` names a local tokenizer for its model (dungeon.remote).
 
     ``model`` is ``smollm2-135m``, a local model folder, a hub id, or an adapter folder (its
     adapter_config.json names the base); it may be None when ``adapter`` names its own base.
     ``threads`` sets torch's CPU thread count, which is global to the process: None (the
     default) leaves it as it is, so a program that embeds the engine keeps its own setting;
     ``dungeon play`` and ``dungeon eval`` pass default_threads(). ``merge_adapter`` folds
-    LoRA weights into the base for speed. ``progress`` receives short status messages (the
+    LoRA weights into the base for speed (None: merged unless the weights are quantized, where
+    the adapter runs as a bf16 side path next to the 4-bit products). ``quantize`` is
+    ``auto``, ``int4``, ``int8`` or ``none``: weight-only quantized decode on the CPU
+    (dungeon.quantize.choose_mode says what ``auto`` picks). ``progress`` receives short status messages (the
     first use of the built-in model converts it, under a minute). Raises ModelNotFoundError or
     UnsafeModelError with a message saying why.
     """
@@ -377,6 +404,10 @@ def load_generator(
         raise ValueError(
             f"threads must be None (leave torch's setting) or 1 or more, got {threads!r}"
         )
+    from dungeon.remote import is_url
+
+    if is_url(model):
+        return _load_remote(str(model), adapter, tokenizer, settings, context_window)
     started = time.perf_counter()
     if model is not None and adapter is None:
         folder = Path(os.fspath(model)).expanduser()
@@ -435,6 +466,10 @@ def load_generator(
                 f"to load pickle weights if you trust where they came from"
             ) from err
         raise
+    from dungeon.quantize import choose_mode
+
+    from_4bit_file = name.strip().lower() == BUILTIN_MODEL
+    quant = choose_mode(quantize, placement.device, from_4bit_file=from_4bit_file)
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -444,12 +479,20 @@ def load_generator(
             # FutureWarning is for peft's authors, not for players.
             warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
             lm = PeftModel.from_pretrained(lm, adapter_dir)
-        if merge_adapter:
+        if merge_adapter or (merge_adapter is None and quant == "none"):
             lm = lm.merge_and_unload()
     lm.to(placement.device)
     lm.eval()
-    unmerged_adapter = adapter_dir is not None and not merge_adapter
-    half_decode = bool(placement.decode_dtype) and not unmerged_adapter
+    unmerged_adapter = adapter_dir is not None and hasattr(lm, "get_base_model")  # peft
+    merged_adapter = adapter_dir is not None and not unmerged_adapter
+    half_decode = bool(placement.decode_dtype) and not unmerged_adapter and quant == "none"
+    if quant != "none":
+        from dungeon.builtin_model import builtin_gguf_path
+        from dungeon.quantize import quantize_loaded
+
+        # The built-in base's own 4-bit blocks, unless a merged adapter changed the weights.
+        gguf = builtin_gguf_path() if from_4bit_file and not merged_adapter else None
+        quant = quantize_loaded(lm, quant, gguf=gguf)
     if half_decode:
         from dungeon.cpu_decode import add_decode_weights
 
@@ -468,6 +511,8 @@ def load_generator(
     )
     if half_decode:
         gen.precision = f"{placement.dtype}+{placement.decode_dtype} decode"
+    elif quant != "none":
+        gen.precision = f"{placement.dtype}+{quant}"
     log.info(
         "loaded %s on %s (%s%s) in %.1f s",
         label,

@@ -8,6 +8,10 @@ Schema history (``version``):
   1. the first version.
   2. a candidate records whether it has been shown (``shown``): batched candidates wait,
      unshown, for a retry. Version 1 candidates were all shown.
+  3. the story holds the world's state (``story.state``: inventory, people, places,
+     condition, each entry with its turn, and the player's edits). Version 2 stories had none:
+     the migration gives them an empty state with no edits, and the game derives the state
+     from the turns when it opens the story.
 Older versions are upgraded by the functions in ``MIGRATIONS``, one step at a time.
 """
 
@@ -25,11 +29,11 @@ from typing import Any
 from dungeon.cleanup import sanitize
 from dungeon.format import MODES
 from dungeon.story import Candidate, Story, Turn, WorldEntry
+from dungeon.world_state import EDIT_OPS, KINDS, Entry, StateEdit, WorldState
 
 SAVE_FORMAT = "dungeon-save"
-SAVE_VERSION = 2
+SAVE_VERSION = 3
 MAX_SAVE_BYTES = 50_000_000
-
 
 
 def _v1_to_v2(doc: dict) -> dict:
@@ -44,8 +48,17 @@ def _v1_to_v2(doc: dict) -> dict:
     return {**doc, "version": 2}
 
 
+def _v2_to_v3(doc: dict) -> dict:
+    """Version 2 kept no world state: an empty one, with no player edits (the game derives
+    the state from the turns when it opens the story)."""
+    story = doc.get("story")
+    if isinstance(story, dict):
+        story = {**story, "state": {**{k: [] for k in KINDS}, "edits": [], "forgotten": []}}
+    return {**doc, "story": story, "version": 3}
+
+
 # version -> function taking a save dict of that version and returning the next version.
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 class SaveError(Exception):
@@ -95,7 +108,23 @@ def story_to_dict(story: Story) -> dict:
         ],
         "turns": [turn(t) for t in story.turns],
         "undone": [turn(t) for t in story.undone],
+        "state": state_to_dict(story.state),
     }
+
+
+def state_to_dict(state: WorldState) -> dict:
+    doc: dict[str, Any] = {
+        kind: [
+            {"name": e.name, "turn": e.turn, **({"by_player": True} if e.by_player else {})}
+            for e in state.entries(kind)
+        ]
+        for kind in KINDS
+    }
+    doc["edits"] = [{"op": e.op, "name": e.name, "after": e.after} for e in state.edits]
+    doc["forgotten"] = list(state.forgotten)
+    if state.player:
+        doc["player"] = state.player
+    return doc
 
 
 def dumps(data: SaveData) -> str:
@@ -174,6 +203,35 @@ def _turn(obj: Any, where: str) -> Turn:
         raise ValueError(f"{where}: {err}") from None
 
 
+def state_from_dict(d: Any) -> WorldState:
+    """The world's state of a save; raises ValueError naming the field that is wrong."""
+    where = "story.state"
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} should be an object, got {type(d).__name__}")
+    kinds = {}
+    for kind in KINDS:
+        entries = []
+        for i, e in enumerate(_need(d, kind, list, where)):
+            w = f"{where}.{kind}[{i}]"
+            entries.append(
+                Entry(_text(e, "name", w), _need(e, "turn", int, w), bool(e.get("by_player")))
+            )
+        kinds[kind] = tuple(entries)
+    edits = []
+    for i, e in enumerate(_need(d, "edits", list, where)):
+        w = f"{where}.edits[{i}]"
+        op = _need(e, "op", str, w)
+        if op not in EDIT_OPS:
+            raise ValueError(f"{w}.op is {op!r}; expected one of {', '.join(EDIT_OPS)}")
+        try:
+            edits.append(StateEdit(op, _text(e, "name", w), _need(e, "after", int, w)))  # type: ignore[arg-type]
+        except ValueError as err:
+            raise ValueError(f"{w}: {err}") from None
+    forgotten = tuple(sanitize(f) for f in d.get("forgotten", []) if isinstance(f, str))
+    player = sanitize(d.get("player", "") or "") if isinstance(d.get("player", ""), str) else ""
+    return WorldState(**kinds, edits=tuple(edits), forgotten=forgotten, player=player)
+
+
 def story_from_dict(d: Any) -> Story:
     world = []
     for i, e in enumerate(_need({"story": d}, "story", dict, "save").get("world", [])):
@@ -201,6 +259,7 @@ def story_from_dict(d: Any) -> Story:
         undone=[_turn(t, f"story.undone[{i}]") for i, t in enumerate(d.get("undone", []))],
         title=sanitize(d.get("title", "") or ""),
         seed=_need(d, "seed", int, "story"),
+        state=state_from_dict(_need(d, "state", dict, "story")),
     )
 
 

@@ -26,6 +26,7 @@ from dungeon.context import ContextSettings
 from dungeon.game import Game, GameSettings
 from dungeon.generator import FakeGenerator, Generator
 from dungeon.paths import config_dir
+from dungeon.picker import named_picker
 from dungeon.scenarios import Scenario, find_scenario, scenario_catalogue
 from dungeon.session import AUTOSAVE, Output, Session, check_slot, list_saves, new_slot, slot_path
 from dungeon.story import Story
@@ -78,6 +79,7 @@ def build_generator(opts: PlayOptions, progress: Callable[..., None] | None = No
         settings=opts.sampling,
         allow_pickle=opts.allow_pickle,
         progress=progress,
+        **({"tokenizer": opts.tokenizer} if opts.tokenizer else {}),
     )
 
 
@@ -183,9 +185,17 @@ def last_save() -> str | None:
 def make_game(generator: Generator, story: Story, opts: PlayOptions, sampling: dict) -> Game:
     """A Game with the options' context budget and sampling, a save's settings on top."""
     settings = GameSettings(
-        context=ContextSettings(budget=opts.context_budget), candidates=opts.candidates
+        context=ContextSettings(budget=opts.context_budget),
+        candidates=opts.candidates,
+        state=opts.state,
     )
-    return Game(generator, story, settings, sampling=opts.sampling.updated(sampling))
+    return Game(
+        generator,
+        story,
+        settings,
+        sampling=opts.sampling.updated(sampling),
+        picker=named_picker(opts.picker),
+    )
 
 
 def open_session(

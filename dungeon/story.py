@@ -1,4 +1,5 @@
-"""Story state: premise, memory, world info, author's note and turns. No I/O in here.
+"""Story state: premise, memory, world info, author's note, turns and the world's state.
+No I/O in here.
 
 A Story is plain data with small, pure editing methods; the Game decides what happens and
 dungeon.saves turns a Story into JSON and back.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dungeon.format import MODES, Mode, render_story
+from dungeon.world_state import EditOp, WorldState, derive, edited, settled
 
 
 @dataclass
@@ -94,6 +96,9 @@ class Story:
     title: str = ""
     seed: int = 0
     """The story's base seed; each turn's seed is derived from it (see dungeon.game)."""
+    state: WorldState = field(default_factory=WorldState)
+    """The world's state read from the turns (inventory, people, places, condition) with the
+    player's edits to it; ``refresh_state`` derives it again (see dungeon.world_state)."""
 
     def text(self) -> str:
         """The whole story as model text (what a model with an unlimited context would see)."""
@@ -111,6 +116,24 @@ class Story:
         if not 0 <= index < len(self.memory):
             raise IndexError(f"no memory entry {index + 1}; there are {len(self.memory)}")
         return self.memory.pop(index)
+
+    def refresh_state(self) -> WorldState:
+        """Derive the world's state again from the turns and the player's edits (after any
+        change to the turns: a new turn, undo, retry, choose)."""
+        self.state = derive(
+            ((t.action, t.response) for t in self.turns), self.state.edits, self.premise
+        )
+        return self.state
+
+    def edit_state(self, op: EditOp, name: str) -> WorldState:
+        """Record the player's edit to the state (add or drop an item, forget a name) after
+        the current turns; raises ValueError when it would change nothing."""
+        self.state = edited(self.state, op, name, len(self.turns))
+        return self.state
+
+    def settle_state_edits(self) -> None:
+        """Before a new turn: edits made after turns since undone stay before the new turn."""
+        self.state = settled(self.state, len(self.turns))
 
     def add_world_entry(self, entry: WorldEntry) -> None:
         self.world.append(entry)

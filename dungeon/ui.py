@@ -448,7 +448,7 @@ class TerminalGame:
         return self._status
 
     def _status_line(self) -> list[tuple[str, str]]:
-        """Model, turn, context tokens and temperature; computed once per prompt."""
+        """Model, turn, context tokens, temperature and what you carry; once per prompt."""
         session = self.session
         if session is None:
             return []
@@ -469,6 +469,8 @@ class TerminalGame:
             flips = last is not None and len(last.candidates) > 1
             which = f"{last.chosen + 1}/{len(last.candidates)}" if flips else ""
             full = [model, f"turn {turn}", f"context {context} tokens", f"temp {temp}"]
+            carrying = len(game.story.state.inventory)
+            full += [f"carrying {carrying}"] if carrying else []
             if flips:
                 new = f", {len(last.ready)} new" if last.ready else ""
                 full.append(f"response {which}{new} Alt-←/→")
@@ -478,6 +480,7 @@ class TerminalGame:
                 if sum(len(p) + 3 for p in full) > width:
                     model = model if len(model) <= 20 else "…" + model[-19:]
                     full = [model, f"turn {turn}", f"ctx {context}", f"temp {temp}"]
+                    full += [f"inv {carrying}"] if carrying else []
                     full += [f"resp {which}"] if flips else []
             out: list[tuple[str, str]] = [("", " ")]
             for i, part in enumerate(full):

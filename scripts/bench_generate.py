@@ -11,7 +11,15 @@ that fills the context to about 1,000 tokens, then one scripted action per turn)
 - baseline: AutoModelForCausalLM.from_pretrained + model.generate, the whole context re-read
             every turn (the way a simple engine does it)
 
-Each side runs in its own subprocess so that load time and peak memory (ru_maxrss) are its own.
+Both sides run the default configuration: the shipped adventure adapter on the built-in model
+(``--adapter none`` for the raw base); the engine with ``quantize="auto"`` (``--quantize``). After
+the game, the engine side also measures ``candidates_ratio`` (the wall time of 4 candidates in
+one batch over the wall time of 1, on the game's last prompts) and ``perplexity_change`` (held-out
+perplexity of the first validation stories with the quantized weights against the dense ones),
+and reports ``quantize`` (what ran).
+
+Each side runs in its own subprocess so that load time and peak memory (ru_maxrss, taken at the
+end of the game) are its own.
 Prints a table, then, as the last line, one JSON object {"engine": {...}, "baseline": {...}}.
 """
 
@@ -195,11 +203,13 @@ class Recorder:
         self.gen = gen
         self.name, self.settings, self.context_window = gen.name, gen.settings, gen.context_window
         self.calls: list[dict] = []
+        self.prompts: list[str] = []
 
     def count_tokens(self, text: str) -> int:
         return self.gen.count_tokens(text)
 
     def stream(self, prompt, *, seed, settings=None, stop=STOP_STRINGS):
+        self.prompts.append(prompt)
         yield from self.gen.stream(prompt, seed=seed, settings=settings, stop=stop)
         st = self.gen.last_stats
         self.calls.append(
@@ -227,6 +237,46 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+def candidates_ratio(gen, prompts: list[str], seed: int, n: int = 4) -> float:
+    """Wall time of ``n`` candidates (one batch) over the wall time of one response, summed
+    over ``prompts``; each prompt is generated once first so that both find it cached."""
+    one = many = 0.0
+    for i, prompt in enumerate(prompts):
+        gen.generate(prompt, seed=seed + i)
+        start = time.perf_counter()
+        gen.generate(prompt, seed=seed + i)
+        one += time.perf_counter() - start
+        start = time.perf_counter()
+        gen.generate_batch(prompt, seeds=[seed + i + k for k in range(n)])
+        many += time.perf_counter() - start
+    return many / one if one else 0.0
+
+
+def perplexities(gen, stories: int) -> tuple[float, float]:
+    """Held-out perplexity of the first ``stories`` validation stories: the dense path
+    (prefill's weights) and the quantized weights everywhere (the same when not quantized)."""
+    import math
+
+    from dungeon.evaluation import PERPLEXITY_WINDOW, validation_texts
+    from dungeon.quantize import quantized_everywhere
+
+    root = Path(__file__).resolve().parent.parent
+    texts = validation_texts(root / "stories")[:stories]
+
+    def ppl() -> float:
+        lps = [
+            lp
+            for t in texts
+            for lp in gen.token_logprobs("", t, end=True, window=PERPLEXITY_WINDOW)
+        ]
+        return math.exp(-math.fsum(lps) / len(lps))
+
+    dense = ppl()
+    with quantized_everywhere(gen.model):
+        quantized = ppl()
+    return dense, quantized
+
+
 def run_side(args) -> dict:
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens)
     if args.fixed_length:
@@ -247,11 +297,25 @@ def run_side(args) -> dict:
     threads = threads or torch.get_num_threads()
     if threads:  # the same for both sides
         torch.set_num_threads(threads)
+    adapter = args.adapter
+    if adapter == "shipped":
+        from dungeon.startup import shipped_adapter
+
+        adapter = shipped_adapter(args.model)
+    elif adapter == "none":
+        adapter = None
     if args.side == "engine":
         from dungeon.models import load_generator
 
         gen = Recorder(
-            load_generator(args.model, dtype=args.dtype, threads=threads, settings=settings)
+            load_generator(
+                args.model,
+                adapter=adapter,
+                dtype=args.dtype,
+                quantize=args.quantize,
+                threads=threads,
+                settings=settings,
+            )
         )
         dtype = gen.gen.precision
     else:
@@ -263,6 +327,10 @@ def run_side(args) -> dict:
         tok = AutoTokenizer.from_pretrained(path)
         kwargs = {} if args.baseline_dtype == "default" else {"dtype": args.baseline_dtype}
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
+        if adapter:  # merged, as the engine used to run it
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
         gen = BaselineGenerator(model, tok, settings, args.model)
         dtype = str(model.dtype).removeprefix("torch.")
     loaded = time.perf_counter()
@@ -292,6 +360,17 @@ def run_side(args) -> dict:
         )
         if args.verbose:
             print(f"[{args.side}] {action} -> {text!r}", file=sys.stderr)
+    peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    extra = {}
+    if args.side == "engine":
+        extra["quantize"] = dtype.split("+", 1)[1] if "+" in dtype else "none"
+        if args.candidates_prompts:
+            prompts = gen.prompts[-args.candidates_prompts :]
+            extra["candidates_ratio"] = round(candidates_ratio(gen.gen, prompts, args.seed), 2)
+        if args.ppl_stories:
+            dense, quantized = perplexities(gen.gen, args.ppl_stories)
+            extra["perplexity"] = round(quantized, 3)
+            extra["perplexity_change"] = round(quantized / dense - 1, 4)
     latencies = [t["latency_s"] for t in turns]
     steps = sum(t["decode_steps"] for t in turns)
     decode_s = sum(t["decode_s"] for t in turns)
@@ -314,7 +393,9 @@ def run_side(args) -> dict:
         "mean_reused_tokens": round(statistics.mean(t["reused_tokens"] for t in turns)),
         "attempts": sum(t["attempts"] for t in turns),
         "turns": len(turns),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mb": peak_rss_mb,  # the game's (before the measures below)
+        "adapter": Path(adapter).name if adapter else None,
+        **extra,
     }
 
 
@@ -333,7 +414,12 @@ ROWS = [
     ("mean_new_tokens", "mean new tokens / turn"),
     ("mean_reused_tokens", "mean reused tokens / turn"),
     ("attempts", "generations (turns + retries)"),
+    ("candidates_ratio", "4 candidates / 1 (wall time)"),
+    ("perplexity", "held-out perplexity"),
+    ("perplexity_change", "perplexity vs unquantized"),
     ("dtype", "dtype"),
+    ("quantize", "quantize"),
+    ("adapter", "adapter"),
     ("threads", "threads"),
 ]
 
@@ -350,6 +436,53 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def decode_ab(args) -> dict:
+    """Decode steps of today's default against the path before issue 11 (transformers' forward,
+    dense weights, the adapter merged), interleaved in one process so that other work on the
+    machine slows both alike. Also 4 rows at once (steps/s of the batch). Returns tokens/s."""
+    import torch
+
+    from dungeon.hf_generator import TransformersGenerator
+    from dungeon.models import load_generator
+    from dungeon.startup import shipped_adapter
+
+    torch.set_num_threads(1 if args.threads == "auto" else int(args.threads))
+    adapter = shipped_adapter(args.model) if args.adapter == "shipped" else None
+    dense = load_generator(args.model, adapter=adapter, dtype=args.dtype, quantize="none")
+    sides = {
+        "before": TransformersGenerator(dense.model, dense.tokenizer, fast_decode=False),
+        "after": load_generator(args.model, adapter=adapter, dtype=args.dtype),
+    }
+    prompt = PREMISE + "".join(f"\n\n> {a}\n{r}" for a, r in HISTORY) + "\n\n> You wait.\n"
+    times: dict[str, list[float]] = {"before": [], "after": [], "after x4": []}
+    with torch.inference_mode():
+        for gen in sides.values():
+            gen._prefill(gen.encode(prompt))
+        n = len(sides["after"]._cache_ids)
+        for _ in range(args.ab_rounds):
+            for name, gen in sides.items():
+                gen.runner.crop(n)
+                gen._cache_ids = gen._cache_ids[:n]
+                start = time.perf_counter()
+                for _ in range(16):
+                    gen._forward([13])
+                times[name].append(16 / (time.perf_counter() - start))
+            gen = sides["after"]
+            gen.runner.crop(n)
+            gen._cache_ids = gen._cache_ids[:n]
+            gen._reshape_rows(4)
+            start = time.perf_counter()
+            for _ in range(16):
+                gen._forward_rows([13] * 4)
+            times["after x4"].append(4 * 16 / (time.perf_counter() - start))
+            gen._reshape_rows([0])
+    return {
+        "context_tokens": n,
+        **{k: round(statistics.median(v), 1) for k, v in times.items()},
+        "precision": {k: g.precision for k, g in sides.items()},
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=BUILTIN_MODEL, help="built-in name, folder or hub id")
@@ -360,6 +493,26 @@ def main() -> int:
     )
     parser.add_argument("--dtype", default="auto", help="engine dtype (auto, float32, bfloat16)")
     parser.add_argument(
+        "--quantize", default="auto", help="engine quantize (auto, int4, int8, none)"
+    )
+    parser.add_argument(
+        "--adapter",
+        default="shipped",
+        help="LoRA adapter for both sides: shipped (the default configuration), none, or a folder",
+    )
+    parser.add_argument(
+        "--candidates-prompts",
+        type=int,
+        default=3,
+        help="game prompts on which 4 candidates are timed against 1 (0: skip)",
+    )
+    parser.add_argument(
+        "--ppl-stories",
+        type=int,
+        default=8,
+        help="validation stories for the perplexity change of quantization (0: skip)",
+    )
+    parser.add_argument(
         "--baseline-dtype", default="default", help="baseline dtype (default: from_pretrained's)"
     )
     parser.add_argument(
@@ -368,9 +521,18 @@ def main() -> int:
         help="every turn writes exactly --max-new-tokens tokens (no early stop), on both sides",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--decode-ab",
+        action="store_true",
+        help="only compare decode steps, before and after issue 11, interleaved in one process",
+    )
+    parser.add_argument("--ab-rounds", type=int, default=7, help="rounds of --decode-ab")
     parser.add_argument("--side", choices=["both", "engine", "baseline"], default="both")
     parser.add_argument("--verbose", action="store_true", help="print each turn to stderr")
     args = parser.parse_args()
+    if args.decode_ab:
+        print(json.dumps(decode_ab(args)))
+        return 0
     if args.side != "both":
         print(json.dumps(run_side(args)))
         return 0

@@ -54,3 +54,26 @@ def write_corpus(folder: Path, names: list[str], val: list[str] | None = None) -
         lines = ["# held out", *(f"{n}.txt" for n in val)]
         (folder / "validation.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
+
+
+def prose(name: str, paragraphs: int = 4, seed: int = 0) -> str:
+    """A made-up tale without any player turns, hard-wrapped as a text file would be."""
+    rng = random.Random(f"prose/{name}/{seed}")
+    paras = []
+    for _ in range(paragraphs):
+        words = " ".join(rng.choice(WORDS) for _ in range(30))
+        paras.append(f"The {words}.".replace(" bridge ", " bridge\n"))  # a hard wrap
+    return "\n\n".join(paras) + "\n"
+
+
+def transcript(name: str, turns: int = 4, seed: int = 0) -> str:
+    """A made-up transcript in AI Dungeon's style: raw player lines (``> look``), responses
+    of several paragraphs."""
+    rng = random.Random(f"transcript/{name}/{seed}")
+    actions = ["look", "I open my bag", "x lamp", "go north", "say hello there", "take the rope"]
+    parts = [f"You are {name}, a lamplighter. The {rng.choice(WORDS)} is cold."]
+    for _ in range(turns):
+        first = " ".join(rng.choice(WORDS) for _ in range(8))
+        second = " ".join(rng.choice(WORDS) for _ in range(6))
+        parts.append(f"> {rng.choice(actions)}\nThe {first}.\n\nA {second} waits.")
+    return "\n\n".join(parts) + "\n"

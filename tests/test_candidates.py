@@ -59,7 +59,7 @@ def test_choose_flips_between_candidates_and_marks_them_shown():
 
 def test_the_picker_chooses_and_the_stream_ends_with_the_choice():
     g = game(candidates=3)
-    g.picker = lambda context, cands: max(range(len(cands)), key=lambda i: len(cands[i].text))
+    g.picker = lambda turn, cands: max(range(len(cands)), key=lambda i: len(cands[i].text))
     shown = "".join(g.stream("look around"))
     turn = g.story.turns[-1]
     assert turn.response == max((c.text for c in turn.candidates), key=len)
@@ -69,7 +69,7 @@ def test_the_picker_chooses_and_the_stream_ends_with_the_choice():
 
 def test_a_bad_picker_is_an_error_not_a_silent_choice():
     g = game(candidates=2)
-    g.picker = lambda context, cands: 7
+    g.picker = lambda turn, cands: 7
     with pytest.raises(ValueError, match="picker chose 7 of 2"):
         g.act("wait")
     assert g.story.turns == []

@@ -102,3 +102,63 @@ def test_the_held_out_stories_together_must_cover_every_genre_and_a_tenth(tmp_pa
     }
     (folder / "validation-new.txt").write_text("iron-05.txt\n")
     assert check_corpus(folder).problems == []
+
+
+# --- any corpus: `dungeon check-corpus` reads what fine-tuning reads ------------------------------
+
+
+def check_corpus_cli(capsys, *argv) -> tuple[int, str, str]:
+    from dungeon.cli import main
+
+    rc = main(["check-corpus", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_check_corpus_takes_a_plain_corpus_and_prints_what_finetune_would_train(tmp_path, capsys):
+    from story_factory import prose, transcript
+
+    from dungeon.corpus.loading import read_corpus
+    from dungeon.corpus.readers import ReadOptions
+
+    big = tmp_path / "big.txt"
+    big.write_text("\n~~~\n".join(transcript(f"t{i}") for i in range(12)))
+    folder = tmp_path / "tales"
+    folder.mkdir()
+    (folder / "one.md").write_text(prose("one"))
+    rc, out, err = check_corpus_cli(
+        capsys, big, "--data", f"{folder}:3", "--separator", "~~~", "--no-tokens", "--seed", 4
+    )
+    assert rc == 0, err
+    assert "text file" in out and "story folder" in out and "total" in out
+    assert "action line(s) rewritten as play sends them" in out
+    assert out.rstrip().endswith(f"{big} {folder}:3: 13 stories, all checks passed")
+    # the held-out stories it names are the ones fine-tuning holds out with the same flags
+    corpus = read_corpus([str(big), f"{folder}:3"], options=ReadOptions(separator="~~~"), seed=4)
+    assert f"held out ({len(corpus.held_out_names)}): {', '.join(corpus.held_out_names)}" in out
+    assert len(corpus.train) == 11 + 3  # the folder's one story, three times
+
+
+def test_check_corpus_reports_bad_input_one_line_each(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("")
+    (tmp_path / "b.txt").write_bytes(b"caf\xe9 au lait.\n\nThe cup is warm.\n" * 3)
+    rc, out, err = check_corpus_cli(capsys, tmp_path, "--no-tokens")
+    assert rc == 1
+    assert err.splitlines() == [
+        f"{tmp_path / 'a.txt'}: empty file",
+        f"{tmp_path / 'b.txt'}:1: not UTF-8 text (byte 0xe9 at offset 3); save it as UTF-8, or "
+        "pass --encoding (e.g. cp1252)",
+        f"2 problem(s) in {tmp_path}",
+    ]
+    rc, out, err = check_corpus_cli(capsys, tmp_path / "b.txt", "--encoding", "latin-1")
+    assert rc == 1 and "less than one block of 512" in err  # GPT-2 tokens, as finetune counts
+
+
+def test_check_corpus_applies_the_story_rules_to_files_in_the_project_format(tmp_path, capsys):
+    from story_factory import transcript
+
+    (tmp_path / "plain.txt").write_text(transcript("plain"))
+    (tmp_path / "short.txt").write_text(render_story_file(make_story("short", turns=2)))
+    rc, out, err = check_corpus_cli(capsys, tmp_path, "--no-tokens")
+    assert rc == 1
+    assert err.splitlines()[0] == f"{tmp_path / 'short.txt'}: 2 turns; a story needs 8 to 30"

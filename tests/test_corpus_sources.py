@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ROOT, load_script
+from conftest import ROOT
 from story_factory import make_story, write_corpus
 
 from dungeon.corpus.check import check_corpus
 from dungeon.corpus.sources import find_stories, read_validation_list
-from dungeon.evaluate import validation_texts
+from dungeon.evaluation import validation_texts
 from dungeon.format import read_story_file, render_story_file
 
 
@@ -74,7 +74,7 @@ def test_a_missing_or_empty_folder_is_a_problem(tmp_path):
     ]
     (tmp_path / "empty").mkdir()
     assert find_stories(tmp_path / "empty").problems == [
-        f"{tmp_path / 'empty'}: no story files (*.txt) in this folder"
+        f"{tmp_path / 'empty'}: no story files (*.txt, *.md) in this folder"
     ]
 
 
@@ -83,11 +83,17 @@ def test_a_missing_or_empty_folder_is_a_problem(tmp_path):
 
 @pytest.fixture(scope="module")
 def finetune():
-    return load_script("finetune")
+    """What fine-tuning reads: dungeon.training's settings and corpus loading."""
+    from types import SimpleNamespace
+
+    from dungeon.training.checks import load_stories
+    from dungeon.training.settings import parse_settings
+
+    return SimpleNamespace(parse_settings=parse_settings, load_stories=load_stories)
 
 
 def held_out_three_ways(folder, finetune) -> tuple[list[str], list[str], list[str]]:
-    """The held-out stories as the checker, ``dungeon eval`` and scripts/finetune.py see them,
+    """The held-out stories as the checker, ``dungeon eval`` and fine-tuning see them,
     each as the model texts of the stories (sorted)."""
     report = check_corpus(folder)
     checker = sorted(report.by_name[n].model_text() for n in report.validation)

@@ -1,5 +1,6 @@
-"""scripts/finetune.py on a tiny GPT-2: LoRA and full runs, resume after SIGKILL, two CPU
-processes, and every kind of bad input.
+"""Fine-tuning (dungeon/training/, run by scripts/finetune.py and ``dungeon finetune``) on a
+tiny GPT-2: LoRA and full runs, resume after SIGKILL, two CPU processes, a user's plain-text
+corpus from start to play, and every kind of bad input.
 
 Runs happen in this process (``finetune.main(argv)``) where they can, to keep the suite fast;
 the SIGKILL, torchrun and exit-code tests start real processes.
@@ -7,6 +8,7 @@ the SIGKILL, torchrun and exit-code tests start real processes.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -18,8 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import load_script
-from story_factory import make_story, write_corpus
+from story_factory import make_story, transcript, write_corpus
 
 from dungeon.format import FormatSpec, render_story_file
 
@@ -29,7 +30,9 @@ SCRIPT = ROOT / "scripts" / "finetune.py"
 
 @pytest.fixture(scope="module")
 def finetune():
-    return load_script("finetune")
+    from dungeon.training import finetune
+
+    return finetune
 
 
 @pytest.fixture(scope="module")
@@ -55,17 +58,35 @@ def corpus(workdir):
     return write_corpus(workdir / "stories", names, val=["tale-5"])
 
 
-def run(finetune, argv: list[str]) -> int:
-    """One in-process run, with accelerate's process-wide state reset around it."""
+@contextlib.contextmanager
+def fresh_accelerate():
+    """accelerate's process-wide state reset around an in-process run.
+
+    accelerate offers no public reset: this is the one its own AccelerateTestCase does in
+    tearDown (accelerate.test_utils.testing), so a later version will keep it working."""
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     try:
-        return finetune.main([str(a) for a in argv])
+        yield
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
+
+
+def run(finetune, argv: list[str]) -> int:
+    """One in-process run of the fine-tuning module."""
+    with fresh_accelerate():
+        return finetune.main([str(a) for a in argv])
+
+
+def cli(argv: list) -> int:
+    """``dungeon ARGV`` in this process."""
+    from dungeon.cli import main
+
+    with fresh_accelerate():
+        return main([str(a) for a in argv])
 
 
 def common(corpus, tiny_gpt2) -> list[str]:
@@ -164,6 +185,74 @@ def test_from_scratch_without_held_out_stories(finetune, workdir, corpus, tiny_g
     assert "random init" in (out / "README.md").read_text()
 
 
+def test_the_commands_and_corpus_readers_import_without_torch_or_datasets():
+    """`dungeon --help`, `dungeon finetune --help` and check-corpus start without the heavy
+    libraries; only the run itself imports them."""
+    code = (
+        "import sys, dungeon.cli, dungeon.training, dungeon.training.command, "
+        "dungeon.training.settings, dungeon.corpus.loading, dungeon.corpus.readers, "
+        "dungeon.corpus.tables, dungeon.corpus.check; "
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'accelerate') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# --- a user's plain text, from `dungeon finetune` to `dungeon play` -----------------------------
+
+
+def test_dungeon_finetune_trains_on_a_plain_text_file_and_play_loads_it(
+    workdir, tiny_gpt2, hf_cache, capsys
+):
+    big = workdir / "adventures.txt"  # one big file, AI Dungeon-style transcripts
+    big.write_text("\n<|endoftext|>\n".join(transcript(f"hero-{i}", turns=6) for i in range(8)))
+    out = workdir / "runs" / "plain"
+    argv = ["finetune", "--data", big, "--base", tiny_gpt2, "--output", out, "--block-size", 64,
+            "--batch-size", 2, "--max-steps", 2, "--eval-every", 0, "--save-every", 0,
+            "--sample-tokens", 0, "--report-to", "none", "--precision", "fp32"]  # fmt: skip
+    assert cli(argv) == 0
+    err = capsys.readouterr().err
+    assert "text file" in err and "action line(s) rewritten as play sends them" in err
+    meta = json.loads((out / "dungeon.json").read_text())
+    held = meta["training"]["val_stories"]
+    assert len(held) == 1 and held[0].startswith("adventures.txt#")  # 5% of 8: say which
+    assert f"held out (1): {held[0]}" in err
+    listed = (out / "held-out.txt").read_text().splitlines()
+    assert listed[-1] == held[0] and listed[0].startswith("#")
+    assert meta["training"]["command"][:2] == ["dungeon", "finetune"]
+    assert "dungeon finetune --data" in (out / "README.md").read_text()
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-m", "dungeon", "play", "--model", str(out), "--seed", "1",
+         "--max-new-tokens", "4", "--no-color"],
+        input="look\n/quit\n", capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "\n> You look around.\n" in done.stdout
+
+
+def test_dungeon_finetune_reports_bad_sources_all_at_once(workdir, tiny_gpt2, capsys, hf_cache):
+    folder = workdir / "bad-plain"
+    folder.mkdir(exist_ok=True)
+    (folder / "ok.txt").write_text(transcript("ok"))
+    (folder / "empty.md").write_text("")
+    (folder / "blob.txt").write_bytes(b"\0\1\2binary")
+    (folder / "cp1252.txt").write_bytes(b"You wake.\n\n> look\nA \x93quote\x94.\n")
+    argv = ["finetune", "--data", folder, "--separator", "@@@", "--base", tiny_gpt2,
+            "--output", workdir / "runs" / "never"]  # fmt: skip
+    assert cli(argv) == 2
+    problems = errors(capsys)
+    assert problems == [
+        f"{folder / 'blob.txt'}: a binary file, not text (a NUL byte in its first bytes)",
+        f"{folder / 'cp1252.txt'}:4: not UTF-8 text (byte 0x93 at offset 20); save it as UTF-8, "
+        "or pass --encoding (e.g. cp1252)",
+        f"{folder / 'empty.md'}: empty file",
+        f"--separator '@@@' occurs nowhere in {folder}",
+    ]
+    assert not (workdir / "runs" / "never.partial").exists()
+
+
 # --- checkpoints and resume -------------------------------------------------------------------
 
 
@@ -241,8 +330,10 @@ def test_two_cpu_processes_end_with_the_same_weights(workdir, corpus, tiny_gpt2,
             "--eval-every", 0, "--sample-tokens", 0, "--report-to", "none"]  # fmt: skip
     env = subprocess_env(hf_cache)
     env["OMP_NUM_THREADS"] = "1"
+    # `torchrun -m dungeon finetune`: the installed command under a launcher (the script is the
+    # same code; the SIGKILL test runs it)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", SCRIPT, *map(str, argv)]  # fmt: skip
+           "--master_port", "29517", "-m", "dungeon", "finetune", *map(str, argv)]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     failures = [line for line in done.stderr.splitlines() if "Error" in line or "error:" in line]
     assert done.returncode == 0, "\n".join(failures[:20]) + done.stderr[-2000:]

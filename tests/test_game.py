@@ -2,7 +2,15 @@
 
 import pytest
 
-from dungeon import FakeGenerator, Game, GameSettings, NothingToDo, Story, WorldEntry
+from dungeon import (
+    ContextSettings,
+    FakeGenerator,
+    Game,
+    GameSettings,
+    NothingToDo,
+    Story,
+    WorldEntry,
+)
 from dungeon.generator import SamplingSettings
 
 PREMISE = "You wake in a cellar that smells of apples."
@@ -202,3 +210,97 @@ def test_context_budget_is_capped_by_the_model_window():
     for _ in range(60):
         game.act("walk on")
     assert game.last_context.tokens <= 300 - game.sampling.max_new_tokens
+
+
+# --- the world's state -------------------------------------------------------------------------
+
+
+def _derived(game: Game):
+    from dungeon.world_state import derive
+
+    turns = ((t.action, t.response) for t in game.story.turns)
+    return derive(turns, game.story.state.edits, game.story.premise)
+
+
+WAITS = [
+    "Rain drums on the roof above you, steady and cold, for what feels like an hour.",
+    "A rat crosses the floor, stops to look at you, then squeezes under the far door.",
+    "Somewhere upstairs a clock strikes nine. Each stroke shakes loose a little dust.",
+    "Your stomach growls. The smell of apples is stronger now, sweet and rotten.",
+    "Footsteps pass overhead and fade. Nobody calls down. Nobody opens the hatch.",
+    "The candle gutters low. Shadows stretch along the barrels like long fingers.",
+]
+
+
+def test_the_state_follows_the_chosen_response_through_retry_choose_undo_and_redo():
+    gen = FakeGenerator(
+        [
+            "You lift it. It is warm.",
+            *WAITS,
+            "You coil the rope over your shoulder.",
+            "The rope won't budge.",
+            "Nothing happens at all.",
+        ]
+    )
+    game = Game(gen, PREMISE, GameSettings(context=ContextSettings(budget=160)))
+    game.act("take the lamp")
+    for _ in WAITS:
+        game.act("wait")
+    after_waits = game.story.state
+    assert after_waits.names("inventory") == ["lamp"]
+    game.act("take the rope")
+    # The lamp's turn has left the prompt: the state line says what it established.
+    assert "You carry: lamp.\n" in gen.prompts[-1] and game.last_context.first_turn > 0
+    assert game.story.state.names("inventory") == ["lamp", "rope"]
+    game.retry()
+    # The retry is written without the response it replaces.
+    assert "rope" not in gen.prompts[-1].split("\n\n")[0]
+    assert game.story.state.names("inventory") == ["lamp"]
+    game.choose(0)
+    assert game.story.state.names("inventory") == ["lamp", "rope"]
+    assert game.story.state == _derived(game)
+    game.choose(1)
+    assert game.story.state.names("inventory") == ["lamp"]
+    game.undo()
+    assert game.story.state == after_waits
+    game.redo()
+    assert game.story.state.names("inventory") == ["lamp"]
+    assert game.story.state == _derived(game)
+
+
+def test_the_players_edits_survive_undo_and_redo_and_stay_before_a_new_turn():
+    gen = FakeGenerator(["You take it. It is yours.", "You wait a while.", "Rain falls."])
+    game = Game(gen, PREMISE)
+    game.act("take the apple")
+    game.edit_state("drop", "apple")
+    game.edit_state("add", "silver coin")
+    assert game.story.state.names("inventory") == ["silver coin"]
+    game.act("wait")
+    game.undo()
+    assert game.story.state.names("inventory") == ["silver coin"]
+    game.redo()
+    assert game.story.state.names("inventory") == ["silver coin"]
+    assert game.story.state == _derived(game)
+    with pytest.raises(ValueError, match="carry no sword"):
+        game.edit_state("drop", "sword")
+
+
+def test_state_off_keeps_it_but_leaves_it_out_of_the_context():
+    gen = FakeGenerator(["You take it. It is yours.", "Nothing happens."])
+    game = Game(gen, PREMISE, GameSettings(state=False))
+    game.act("take the apple")
+    game.edit_state("add", "silver coin")  # the player's own entries always show when on
+    game.act("wait")
+    assert game.story.state.names("inventory") == ["apple", "silver coin"]
+    assert "You carry" not in gen.prompts[-1] and game.last_context.state == ""
+    game.settings = GameSettings(state=True)
+    assert game.context_preview().state == "You carry: silver coin."
+
+
+def test_a_loaded_story_gets_its_state_from_its_turns():
+    from dungeon.story import Candidate, Turn
+
+    story = Story(PREMISE, turns=[Turn("You take the candle.", "do", [Candidate("Lit.", 1)])])
+    assert story.state.inventory == ()
+    game = Game(FakeGenerator(), story)
+    assert game.story.state.names("inventory") == ["candle"]

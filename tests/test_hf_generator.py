@@ -297,6 +297,54 @@ def test_a_float16_overflow_is_redone_in_float32(tiny_gpt2):
     )
 
 
+# --- candidates: one batch, one row per seed ---------------------------------------------------
+
+
+def test_a_batch_of_one_is_stream(gen):
+    settings = SamplingSettings(max_new_tokens=30)
+    for seed in (3, 7):
+        pieces = list(gen.stream(PROMPT, seed=seed, settings=settings))
+        batch = list(gen.stream_batch(PROMPT, seeds=[seed], settings=settings))
+        assert batch == [(0, p) for p in pieces] and pieces
+
+
+def test_the_same_seeds_give_the_same_candidates(gen):
+    settings = SamplingSettings(max_new_tokens=24, min_new_tokens=24)
+    a = gen.generate_batch(PROMPT, seeds=[1, 2, 3, 4], settings=settings)
+    b = gen.generate_batch(PROMPT, seeds=[1, 2, 3, 4], settings=settings)
+    assert a == b
+    assert len(set(a)) == 4, "each row samples with its own seed"
+    assert gen.last_stats.rows == 4 and gen.last_stats.new_tokens == 4 * 24
+
+
+def test_each_candidate_is_the_response_of_its_seed(tiny_gpt2):
+    # float32 on the transformers path: a row of the batch is the text one call would give.
+    g = fresh(tiny_gpt2)
+    settings = SamplingSettings(max_new_tokens=40, min_new_tokens=2)
+    texts = g.generate_batch(PROMPT, seeds=[5, 6, 7], settings=settings)
+    assert texts == [g.generate(PROMPT, seed=s, settings=settings) for s in (5, 6, 7)]
+
+
+def test_rows_stop_on_their_own_and_hold_back_stops(gen):
+    settings = SamplingSettings(max_new_tokens=40, min_new_tokens=0)
+    seeds = list(range(10, 16))
+    pieces: dict[int, list[str]] = {}
+    for row, piece in gen.stream_batch(PROMPT, seeds=seeds, settings=settings):
+        pieces.setdefault(row, []).append(piece)
+    texts = ["".join(pieces.get(r, [])) for r in range(len(seeds))]
+    assert texts == gen.generate_batch(PROMPT, seeds=seeds, settings=settings)
+    assert not any(stop in t for t in texts for stop in STOP_STRINGS)
+    assert len({len(gen.encode(t)) for t in texts}) > 1, "rows end at different lengths"
+
+
+def test_the_next_turn_reuses_the_cache_after_candidates(gen):
+    settings = SamplingSettings(max_new_tokens=16, min_new_tokens=16)
+    texts = gen.generate_batch(PROMPT, seeds=[1, 2, 3], settings=settings)
+    prompt_tokens = gen.last_stats.prompt_tokens
+    gen.generate(PROMPT + texts[1] + "\n\n> You wait.\n", seed=0, settings=settings)
+    assert gen.last_stats.reused_tokens >= prompt_tokens
+
+
 # --- pieces ------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 """Piped play (stdin is not a terminal), with the fake generator, a tiny GPT-2 and the real model."""
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,7 @@ def test_default_play_uses_the_shipped_adapter_and_plays_a_turn(premise, one_tor
 @pytest.mark.slow
 def test_the_shipped_adapter_reads_held_out_stories_better_than_the_base(one_torch_thread):
     """--no-adapter plays the raw base; the adapter must score a held-out story better."""
-    from dungeon.evaluate import perplexity, validation_texts
+    from dungeon.evaluation import perplexity, validation_texts
     from dungeon.startup import build_generator
 
     held_out = [validation_texts(ROOT / "stories")[0][:1500]]
@@ -132,3 +133,27 @@ def test_the_shipped_adapter_reads_held_out_stories_better_than_the_base(one_tor
     base = build_generator(PlayOptions(adapter="none"))
     assert "+" not in base.name
     assert tuned_ppl < 0.9 * perplexity(base, held_out)
+
+
+def test_state_commands_show_and_fix_the_world_state(premise):
+    script = (
+        "take the rope\n/state\n/state add lucky coin\n/state drop rope\n/state drop sword\n"
+        "/state forget Nobody\n/state burn it\n/set state off\n/state\n/settings\n/save st\n"
+    )
+    rc, out, err = play(script, premise_file=premise, seed=2)
+    assert rc == 0
+    assert "You carry: rope (turn 1)" in out and "People you have met: (none)" in out
+    assert "[You now carry: lucky coin]" in out and "[You no longer carry: rope]" in out
+    assert "you carry no sword; /state lists what you carry" in err
+    assert "the state lists no Nobody" in err and "use /state, /state add ITEM" in err
+    assert "[state = off]" in out and "left out of the model's context: /set state on" in out
+    assert "You carry: lucky coin (you)" in out
+    assert re.search(r"state\s+off", out)
+    state = saves.load(data_dir() / "saves" / "st.json").story.state
+    assert state.names("inventory") == ["lucky coin"]
+    assert [(e.op, e.name) for e in state.edits] == [("add", "lucky coin"), ("drop", "rope")]
+
+
+def test_state_can_be_turned_off_in_the_options(premise):
+    rc, out, err = play("/settings\n", premise_file=premise, seed=2, state=False)
+    assert rc == 0 and re.search(r"state\s+off", out)

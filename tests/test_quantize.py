@@ -69,6 +69,25 @@ def test_int8_layer_matches_its_dequantized_weight():
 
 
 @needs_int4
+def test_the_refined_output_layer_is_exact_where_sampling_looks():
+    from dungeon.quantize import RefinedInt4Linear
+
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(512, 64).to(torch.bfloat16))
+    layer = RefinedInt4Linear.from_dense(weight.detach(), weight=weight)
+    layer.refine = 32
+    x = torch.randn(3, 64).to(torch.bfloat16)
+    with torch.inference_mode():
+        y = layer(x).float()
+        exact = (x.float() @ weight.float().t()).to(torch.bfloat16).float()
+    for row in range(3):
+        top = torch.topk(y[row], 8).indices  # well inside the 32 refined ones
+        assert torch.allclose(y[row, top], exact[row, top], rtol=1e-2, atol=1e-2)
+        assert int(y[row].argmax()) == int(exact[row].argmax())
+    assert not torch.allclose(y, exact, rtol=1e-2, atol=1e-2)  # the rest stays int4
+
+
+@needs_int4
 def test_many_rows_use_the_dense_weight():
     torch.manual_seed(0)
     dense = torch.nn.Linear(64, 32, bias=True)
@@ -167,6 +186,29 @@ def test_forked_rows_match_one_row_each(tiny_llama):
         assert torch.allclose(after[0], ref2[-1], atol=1e-4)
         ref0 = tiny_llama(torch.cat([prompt, follow[:1], torch.tensor([[6, 7]])], 1)).logits[0]
         assert torch.allclose(single[0], ref0[-1], atol=1e-4)
+
+
+def test_decoder_runs_an_unmerged_lora_as_a_side_path(tiny_llama):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from dungeon.fast_decode import LlamaDecoder
+
+    torch.manual_seed(5)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+    model = get_peft_model(copy.deepcopy(tiny_llama), config).eval()
+    ids = torch.randint(0, 320, (1, 16), generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        ref = model(input_ids=ids).logits[0]
+        base = tiny_llama(ids).logits[0]
+        dec = LlamaDecoder.from_model(model)
+        out = [dec.forward(ids[:, :10])[0]] + [
+            dec.forward(ids[:, i : i + 1])[0] for i in range(10, 16)
+        ]
+    assert not torch.allclose(ref[9:], base[9:], atol=1e-3), "the adapter changes the output"
+    assert torch.allclose(torch.stack(out), ref[9:], atol=1e-4)
 
 
 @needs_int4

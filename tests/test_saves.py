@@ -123,3 +123,73 @@ def test_exports():
     assert text.startswith("Pier\n\nYou stand on a pier at dusk.\n\n> You look at the boat.\n")
     md = saves.export_markdown(story)
     assert md.startswith("# Pier\n") and '> **You say "Ahoy."**' in md
+
+
+# --- the world's state (version 3) -------------------------------------------------------------
+
+
+def test_the_world_state_and_the_players_edits_round_trip(tmp_path):
+    game = Game(FakeGenerator(["You take it. It is yours."]), Story(premise="You are Ada Quill."))
+    game.act("take the lantern")
+    game.edit_state("add", "silver coin")
+    story = game.story
+    assert story.state.names("inventory") == ["lantern", "silver coin"]
+    path = tmp_path / "slot.json"
+    saves.save(path, SaveData(story))
+    loaded = saves.load(path).story
+    assert loaded.state == story.state and loaded == story
+    doc = json.loads(path.read_text())["story"]["state"]
+    assert doc["inventory"][1] == {"name": "silver coin", "turn": 1, "by_player": True}
+    assert doc["edits"] == [{"op": "add", "name": "silver coin", "after": 1}]
+    # The game derives the same state again from the turns and the edits.
+    assert Game(FakeGenerator(), loaded).story.state == story.state
+
+
+def test_a_version_2_save_migrates_to_an_empty_state_the_game_fills_from_the_turns():
+    turn = {"action": "You take the candle.", "mode": "do", "chosen": 0}
+    turn["candidates"] = [{"text": "It is lit.", "seed": 3, "flagged": False, "shown": True}]
+    old = {
+        "format": "dungeon-save",
+        "version": 2,
+        "story": {"premise": "Old.", "memory": [], "turns": [turn], "undone": [], "seed": 1},
+    }
+    assert saves.MIGRATIONS[2](old)["story"]["state"]["edits"] == []
+    story = saves.loads(json.dumps(old)).story
+    assert story.state.inventory == () and story.state.edits == ()
+    assert Game(FakeGenerator(), story).story.state.names("inventory") == ["candle"]
+    # A version 1 save goes through both steps.
+    old1 = {**old, "version": 1}
+    del turn["candidates"][0]["shown"]
+    assert saves.loads(json.dumps(old1)).story.turns[0].candidates[0].shown
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ("lots", "story.state should be"),
+        ({"inventory": [], "people": [], "places": [], "edits": []}, "no 'condition'"),
+        (
+            {
+                "inventory": [{"name": "key"}],
+                "people": [],
+                "places": [],
+                "condition": [],
+                "edits": [],
+            },
+            "story.state.inventory[0] has no 'turn'",
+        ),
+        (
+            {
+                **{k: [] for k in ("inventory", "people", "places", "condition")},
+                "edits": [{"op": "burn", "name": "key", "after": 0}],
+            },
+            "story.state.edits[0].op is 'burn'",
+        ),
+    ],
+)
+def test_a_damaged_state_is_named_in_the_error(state, message):
+    doc = json.loads(saves.dumps(SaveData(Story(premise="Hi."))))
+    doc["story"]["state"] = state
+    with pytest.raises(SaveError, match="damaged save") as err:
+        saves.loads(json.dumps(doc))
+    assert message in str(err.value)

@@ -358,3 +358,18 @@ def test_set_candidates_changes_the_next_turn():
     assert "candidates = 4" in screen
     assert "candidates must be between 1 and 8, got 99" in screen
     assert len(only_save().story.turns[0].candidates) == 4
+
+
+def test_toolbar_counts_what_you_carry(monkeypatch):
+    seen = []
+    real = ui.TerminalGame._status_line
+
+    def spy(self):
+        line = real(self)
+        seen.append("".join(text for _, text in line))
+        return line
+
+    monkeypatch.setattr(ui.TerminalGame, "_status_line", spy)
+    play("/state add lantern\r/state add rope\r/quit\r")
+    assert "carrying" not in seen[0]
+    assert re.search(r"│ carrying 2\b", seen[-1]), seen

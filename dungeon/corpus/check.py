@@ -1,6 +1,7 @@
-"""The corpus checker: keeps stories/ healthy and reports its statistics.
+"""The corpus checker: keeps stories/ healthy, and checks any corpus before it trains.
 
     dungeon check-corpus [stories/]
+    dungeon check-corpus --data my-stories/ --data big.txt:2 --separator '***'
 
 Every file must parse, carry its header, have 8-30 turns of sensible length, answer in the
 second person, never write a player action inside a response, and not nearly duplicate
@@ -8,6 +9,12 @@ another story. Which files are stories and which are held out is dungeon.corpus.
 answer, the same that ``dungeon eval`` and fine-tuning use. Every validation list
 (validation.txt, validation-new.txt, ...) must name existing stories, each held out once;
 together they must cover every genre and hold at least a tenth of the corpus.
+
+Those rules are the project's, for a folder in the project's format (``check_corpus``). Any
+other corpus, every shape fine-tuning reads (``check_sources``), gets the statistics
+fine-tuning prints, the held-out stories it would hold out, the bad-input checks (empty,
+binary and non-UTF-8 files, a missing separator, a corpus smaller than one block) and, for
+files in the project's format among it, the story rules above.
 """
 
 from __future__ import annotations
@@ -19,14 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dungeon.actions import make_action
+from dungeon.corpus.loading import Corpus, read_corpus
+from dungeon.corpus.readers import ReadOptions, split_header
 from dungeon.corpus.sources import (
     VALIDATION_LIST,
     VALIDATION_PATTERN,
+    CorpusError,
     CorpusFiles,
+    SourceSpec,
     ValidationList,
     find_stories,
 )
-from dungeon.format import StoryFile, StoryFormatError, read_story_file
+from dungeon.format import REQUIRED_HEADER, StoryFile, StoryFormatError, read_story_file
 
 MIN_TURNS, MAX_TURNS = 8, 30
 MIN_RESPONSE_WORDS, MAX_RESPONSE_WORDS = 3, 220
@@ -209,3 +220,89 @@ def check_validation(files: CorpusFiles, report: CorpusReport) -> list[str]:
             f"{MIN_VALIDATION_SHARE:.0%} of {len(report.stories)} are needed"
         )
     return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Any corpus: what fine-tuning would train on
+
+
+@dataclass
+class SourcesReport:
+    """``check_sources``: the project checker's report where it applies, and the corpus as
+    fine-tuning reads it."""
+
+    corpus: Corpus | None = None
+    project: CorpusReport | None = None
+    """The strict report of a folder in the project's format."""
+    problems: list[str] = field(default_factory=list)
+    tokens: dict[str, int] | None = None
+
+    def table(self) -> str:
+        parts = [self.project.table()] if self.project is not None else []
+        if self.corpus is not None:
+            parts.append(self.corpus.table(self.tokens))
+            names = self.corpus.held_out_names
+            more = " ..." if len(names) > 30 else ""
+            parts.append(f"held out ({len(names)}): {', '.join(names[:30])}{more}")
+        return "\n".join(parts)
+
+
+def is_project_folder(folder: Path) -> bool:
+    """A folder whose every story file carries the project's header (title, genre, tags)."""
+    files = find_stories(folder)
+    if not files.stories or files.problems:
+        return bool(files.stories)
+    for path in files.stories:
+        try:
+            head = path.read_bytes()[:4096].decode("utf-8", errors="replace")
+        except OSError:
+            return False
+        header, _ = split_header(head.replace("\r\n", "\n"))
+        if not all(header.get(k) for k in REQUIRED_HEADER):
+            return False
+    return True
+
+
+def check_sources(
+    data: list[str],
+    *,
+    options: ReadOptions | None = None,
+    val_fraction: float | None = None,
+    val_list: str | None = None,
+    seed: int = 0,
+    count_tokens: Callable[[str], int] | None = None,
+    block_size: int | None = None,
+) -> SourcesReport:
+    """Check the corpus fine-tuning would read from ``data`` (same sources, same flags)."""
+    report = SourcesReport()
+    specs = [SourceSpec.parse(d) for d in data]
+    single = specs[0] if len(specs) == 1 else None
+    if single and Path(single.path).is_dir() and is_project_folder(Path(single.path)):
+        report.project = check_corpus(Path(single.path), count_tokens)
+        report.problems.extend(report.project.problems)
+        if report.problems:
+            return report
+    try:
+        corpus = read_corpus(
+            specs, options=options, val_fraction=val_fraction, val_list=val_list, seed=seed
+        )
+    except CorpusError as err:
+        report.problems.extend(err.problems)
+        return report
+    report.corpus = corpus
+    if report.project is None:  # the project's story rules, for files in its format
+        for story in corpus.stories:
+            if story.project is not None:
+                report.problems.extend(check_story(story.project))
+    if count_tokens is not None:
+        report.tokens = {
+            "training": sum(count_tokens(s.text) + 1 for s in corpus.train),
+            "held out": sum(count_tokens(s.text) + 1 for s in corpus.validation),
+        }
+        if block_size and report.tokens["training"] < block_size:
+            report.problems.append(
+                f"{' '.join(data)}: the training stories hold {report.tokens['training']} tokens "
+                f"(GPT-2, end-of-text included), less than one block of {block_size}; add "
+                "stories or lower --block-size"
+            )
+    return report

@@ -14,28 +14,40 @@ dungeon.corpus.training), so the three always agree on the held-out stories::
 
 The rules:
 
-- A story file is a ``*.txt`` file anywhere under the folder, except files inside a folder
-  whose name starts with "." (or hidden files) and validation lists. Its *name* is its path
-  relative to the folder, with "/" between folders (``fantasy-01-x.txt``, ``extra/y.txt``).
+- A story file is a ``*.txt`` or ``*.md`` file anywhere under the folder, except files inside
+  a folder whose name starts with "." (or hidden files), validation lists, and a folder's notes
+  (README, LICENSE, CHANGELOG, ...). Its *name* is its path relative to the folder, with "/"
+  between folders (``fantasy-01-x.txt``, ``extra/y.md``).
 - A validation list is a ``validation*.txt`` file at the top of the folder: ``validation.txt``
   (the fixed list), ``validation-new.txt`` and so on. One story a line, by name or by file name
-  where that is unique; ``#`` starts a comment; blank lines are skipped. A folder may have
-  several lists: the held-out stories are all the stories they name.
+  where that is unique; ``#`` at the start of a line or after a space starts a comment (a story
+  of a bigger file is named ``big.txt#3``); blank lines are skipped. A folder may have several
+  lists: the held-out stories are all the stories they name.
+
+A corpus may hold several sources (``--data a/ --data b.jsonl:2``): ``SourceSpec.parse`` reads
+one ``--data`` value and its optional weight.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-STORY_PATTERN = "*.txt"
+STORY_PATTERNS = ("*.txt", "*.md")
 """Story files, searched for in the folder and every folder below it."""
+STORY_PATTERN = ", ".join(STORY_PATTERNS)
+NOT_STORIES = ("readme", "license", "licence", "changelog", "notice", "contributing", "authors")
+"""A file whose name (without extension) is one of these is a folder's notes, not a story."""
 VALIDATION_LIST = "validation.txt"
 """The fixed validation list of a story folder."""
 VALIDATION_PATTERN = "validation*.txt"
 """Every file of this pattern at the top of a story folder is a validation list."""
+
+
+_COMMENT = re.compile(r"(?:^|\s)#")
 
 
 class CorpusError(ValueError):
@@ -102,7 +114,8 @@ def find_stories(folder: str | Path) -> CorpusFiles:
     folder = Path(folder)
     if not folder.is_dir():
         return CorpusFiles(folder, folder_problems=[f"{folder}: no such folder"])
-    stories = sorted(p for p in folder.rglob(STORY_PATTERN) if is_story_file(p, folder))
+    found = {p for pattern in STORY_PATTERNS for p in folder.rglob(pattern)}
+    stories = sorted(p for p in found if is_story_file(p, folder))
     files = CorpusFiles(folder, stories)
     if not stories:
         files.folder_problems.append(f"{folder}: no story files ({STORY_PATTERN}) in this folder")
@@ -115,6 +128,7 @@ def is_story_file(path: Path, folder: Path) -> bool:
     return (
         path.is_file()
         and not fnmatch.fnmatch(path.name, VALIDATION_PATTERN)
+        and path.stem.lower() not in NOT_STORIES
         and not any(part.startswith(".") for part in parts)
     )
 
@@ -160,7 +174,7 @@ def read_validation_list(path: str | Path, names: Sequence[str]) -> ValidationLi
         by_file_name.setdefault(n.rsplit("/", 1)[-1], []).append(n)
     chosen, problems = set(), []
     for lineno, raw in enumerate(lines, start=1):
-        entry = raw.split("#", 1)[0].strip()
+        entry = _COMMENT.split(raw, 1)[0].strip()
         if not entry:
             continue
         if entry in known:
@@ -173,3 +187,32 @@ def read_validation_list(path: str | Path, names: Sequence[str]) -> ValidationLi
         else:
             problems.append(f"{path}:{lineno}: no story file named {entry!r} in the corpus")
     return ValidationList(path, tuple(sorted(chosen)), tuple(problems))
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One ``--data`` value: a folder, a file, a saved dataset or a hub dataset, and its weight.
+
+    ``weight`` multiplies the source's training stories: 2 trains on each twice per epoch, 0.5
+    on a seeded half of them. Held-out stories are never weighted.
+    """
+
+    path: str
+    weight: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str | SourceSpec) -> SourceSpec:
+        """``a/`` or ``b.jsonl:2``: a trailing ``:NUMBER`` is a weight unless the whole text
+        names an existing file."""
+        if isinstance(text, SourceSpec):
+            return text
+        text = str(text)
+        m = re.fullmatch(r"(.+):(\d+(?:\.\d*)?|\.\d+)", text)
+        if m and not Path(text).exists():
+            return cls(m.group(1), float(m.group(2)))
+        return cls(text)
+
+    @property
+    def label(self) -> str:
+        """A short name for tables and story names: the folder's or file's name."""
+        return Path(self.path.rstrip("/")).name or self.path

@@ -1,26 +1,21 @@
 """Training data for fine-tuning: load a story corpus, hold out whole stories, tokenize, pack.
 
-scripts/finetune.py uses this module; it is the one place that says what a model trains on::
+Fine-tuning (dungeon.training) uses this module; it is the one place that says what a model
+trains on::
 
     from dungeon.corpus.training import load_corpus, tokenize_and_pack
 
     corpus = load_corpus("stories")               # DatasetDict: train / validation stories
     blocks = tokenize_and_pack(corpus, tokenizer, block_size=512)
 
-Sources ``load_corpus`` accepts:
-
-- a folder of story files (``stories/*.txt``) in the project's format (dungeon.format);
-  which files are stories and which are held out (the folder's ``validation*.txt`` lists) is
-  dungeon.corpus.sources' answer, the one the corpus checker and ``dungeon eval`` use too;
-- a JSONL file (``.jsonl`` / ``.json``), one story a line: ``{"text": ...}`` holding model
-  text, or ``{"premise": ..., "turns": [[action, response], ...]}`` (a turn may also be
-  ``{"action", "response", "mode"}``);
-- a folder written by ``datasets``' ``save_to_disk`` (a Dataset or a DatasetDict whose
-  ``validation``/``test`` split is the held-out set), with the same fields;
-- a dataset name on the Hugging Face hub, where the hub is reachable.
+``load_corpus`` takes one ``--data`` value or several (with weights: ``"extra.jsonl:2"``):
+folders of ``.txt``/``.md`` files (the project's story files, plain stories, transcripts,
+prose), big text files split on ``<|endoftext|>``, JSONL, CSV/TSV, saved ``datasets`` folders
+and hub datasets. dungeon.corpus.loading reads them (through dungeon.corpus.readers and
+dungeon.corpus.tables) and chooses the held-out stories; ``dungeon check-corpus`` asks it too.
 
 The training text of a story is its model text, exactly what play sends the model turn after
-turn (``StoryFile.model_text()``), tokenized as play tokenizes prompts (no special tokens
+turn (rendered by dungeon.format; ``StoryFile.model_text()`` for a story file), tokenized as play tokenizes prompts (no special tokens
 added) and followed by the tokenizer's end-of-text token. Stories are packed back to back into
 blocks of ``block_size`` tokens; the last block of a split is padded
 (labels -100) rather than dropped. The held-out split is always by whole story.
@@ -31,25 +26,35 @@ tokenizing runs in parallel (``num_proc``).
 
 from __future__ import annotations
 
-import json
-import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dungeon.corpus.sources import (
-    CorpusError,
-    CorpusFiles,
-    ValidationList,
-    find_stories,
-    read_validation_list,
-    validation_lists,
-)
-from dungeon.format import MODES, StoryFile, StoryFormatError, read_story_file, render_story
+from dungeon.corpus.loading import DEFAULT_VAL_FRACTION, Corpus, read_corpus, split_by_fraction
+from dungeon.corpus.readers import ReadOptions
+from dungeon.corpus.sources import CorpusError
+from dungeon.format import StoryFile
 
-DEFAULT_VAL_FRACTION = 0.05
-"""Share of stories held out when a corpus has no fixed validation list."""
+__all__ = [  # re-exported: fine-tuning imports its data from this one module
+    "DEFAULT_VAL_FRACTION",
+    "IGNORE_INDEX",
+    "Corpus",
+    "CorpusError",
+    "EpochShuffle",
+    "PackStats",
+    "ReadOptions",
+    "corpus_datasets",
+    "encode_story",
+    "load_corpus",
+    "pack_blocks",
+    "read_corpus",
+    "sample_prompt",
+    "split_by_fraction",
+    "tokenize_and_pack",
+    "training_text",
+]
+
 IGNORE_INDEX = -100
 """Label of padding positions: the loss skips them."""
 PACK_BATCH = 10_000
@@ -90,278 +95,55 @@ def story_record(name: str, text: str) -> dict:
     return {"name": name, "text": text, "prompt": sample_prompt(text)}
 
 
-def text_from_fields(row: dict, where: str) -> tuple[str | None, list[str]]:
-    """Model text from a ``text`` field or from ``premise`` + ``turns``; (text, problems)."""
-    if row.get("text") is not None:
-        text = row["text"]
-        if not isinstance(text, str):
-            return None, [f"{where}: 'text' must be a string"]
-        text = text.replace("\r\n", "\n")
-        if not text.strip():
-            return None, [f"{where}: 'text' is empty"]
-        return text, []
-    premise, turns = row.get("premise"), row.get("turns")
-    if premise is None:
-        return None, [f"{where}: needs a 'text' field, or 'premise' and 'turns'"]
-    if not isinstance(premise, str) or not premise.strip():
-        return None, [f"{where}: 'premise' must be non-empty text"]
-    rendered, problems = [], []
-    for i, turn in enumerate(turns or [], start=1):
-        if isinstance(turn, dict):
-            action, response = turn.get("action"), turn.get("response")
-            mode = turn.get("mode") or "do"
-        elif isinstance(turn, (list, tuple)) and len(turn) in (2, 3):
-            action, response, mode = turn[0], turn[1], (turn[2] if len(turn) == 3 else "do")
-        else:
-            problems.append(f"{where}: turn {i} must be [action, response] or an object")
-            continue
-        if not isinstance(action, str) or not isinstance(response, str) or not response.strip():
-            problems.append(f"{where}: turn {i} needs text for its action and response")
-        elif mode not in MODES:
-            problems.append(f"{where}: turn {i} has mode {mode!r}; use one of {', '.join(MODES)}")
-        else:
-            rendered.append((action, mode, response))
-    if problems:
-        return None, problems
-    return render_story(premise, rendered), []
-
-
 # ---------------------------------------------------------------------------------------------
 # Loading
 
 
 def load_corpus(
-    source: str | Path,
+    source,
     *,
     val_fraction: float | None = None,
     val_list: str | Path | None = None,
     seed: int = 0,
     cache_dir: str | Path | None = None,
+    options: ReadOptions | None = None,
 ):
     """Load a corpus as a ``DatasetDict`` with ``train`` and ``validation`` splits of stories.
 
-    Each row is one whole story: ``name``, ``text`` (model text, no end-of-text token yet) and
-    ``prompt`` (its opening, to sample from). The held-out stories are, in order of precedence:
-    the split a saved DatasetDict already has; the file ``val_list`` (by default the folder's
-    validation lists, see dungeon.corpus.sources; pass ``"none"`` to ignore them);
-    ``val_fraction`` of the stories picked with ``seed`` (default 5%; 0 holds out none).
-    Raises CorpusError listing every problem.
+    ``source`` is one ``--data`` value or a list of them (dungeon.corpus.loading.read_corpus
+    reads them and chooses the held-out stories). Each row is one whole story: ``name``,
+    ``text`` (model text, no end-of-text token yet) and ``prompt`` (its opening, to sample
+    from). Raises CorpusError listing every problem.
     """
+    corpus = read_corpus(
+        source, options=options, val_fraction=val_fraction, val_list=val_list, seed=seed,
+        cache_dir=cache_dir,
+    )  # fmt: skip
+    return corpus_datasets(corpus, cache_dir)
+
+
+def corpus_datasets(corpus: Corpus, cache_dir: str | Path | None = None):
+    """The ``train`` and ``validation`` stories of a read corpus as a ``DatasetDict``."""
     import datasets
 
-    problems: list[str] = []
-    if val_fraction is not None and not 0.0 <= val_fraction < 1.0:
-        problems.append(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    path = Path(source)
-    explicit_list = val_list is not None and str(val_list).lower() != "none"
-    if explicit_list and not Path(val_list).is_file():
-        problems.append(f"validation list {val_list} does not exist")
-    if problems:
-        raise CorpusError(problems)
-
     cache = str(cache_dir) if cache_dir is not None else None
-    held_out = None  # a predefined validation split, when the source has one
-    if path.is_dir() and _is_saved_dataset(path):
-        loaded = datasets.load_from_disk(str(path))
-        stories, held_out = _normalize_saved(loaded, str(path))
-    elif path.is_dir():
-        records = read_story_folder(find_stories(path))  # raises CorpusError
-        stories = datasets.Dataset.from_generator(
-            _yield_records, gen_kwargs={"records": records}, cache_dir=cache
-        )
-    elif path.is_file():
-        stories = _load_jsonl(path, cache)
-    elif path.exists():
-        raise CorpusError([f"{path}: not a folder or a file"])
-    elif _looks_like_local_path(str(source)):
-        raise CorpusError([f"{source}: no such file or folder"])
-    else:
-        stories, held_out = _load_hub(str(source), cache)
-
-    if held_out is not None:
-        if explicit_list:
-            raise CorpusError([f"{source} has its own validation split; drop --val-list"])
-        return datasets.DatasetDict(train=stories, validation=held_out)
-
-    names = list(stories["name"])
-    lists: list[ValidationList] = []
-    if explicit_list:
-        lists = [read_validation_list(Path(val_list), names)]
-    elif val_list is None and path.is_dir():
-        lists = validation_lists(path, names)
-    if lists:
-        if val_fraction is not None:
-            named = " and ".join(str(lst.path) for lst in lists)
-            verb = "names" if len(lists) == 1 else "name"
-            raise CorpusError(
-                [
-                    f"{named} {verb} the held-out stories, so --val-fraction does not apply; "
-                    "drop it, or pass --val-list none to split by fraction"
-                ]
+    splits = {}
+    for split, stories in (("train", corpus.train), ("validation", corpus.validation)):
+        records = [story_record(s.name, s.text) for s in stories]
+        if records:
+            splits[split] = datasets.Dataset.from_generator(
+                _yield_records, gen_kwargs={"records": records}, cache_dir=cache, split=split
             )
-        list_problems = [p for lst in lists for p in lst.problems]
-        if list_problems:
-            raise CorpusError(list_problems)
-        val_names = sorted({n for lst in lists for n in lst.names})
-    else:
-        fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
-        val_names = split_by_fraction(names, fraction, seed)
-    val_set = set(val_names)
-    if val_set and len(val_set) == len(names):
-        raise CorpusError([f"{source}: every story is held out for validation; none is left"])
-    train_idx = [i for i, n in enumerate(names) if n not in val_set]
-    val_idx = [i for i, n in enumerate(names) if n in val_set]
-    return datasets.DatasetDict(train=stories.select(train_idx), validation=stories.select(val_idx))
-
-
-def read_story_folder(files: CorpusFiles) -> list[dict]:
-    """Parse every story file of a folder (found by ``find_stories``) into a record.
-
-    Returns records in name order; raises CorpusError with every problem of every file.
-    """
-    if files.folder_problems:
-        raise CorpusError(files.folder_problems)
-    problems: list[str] = []
-    records = []
-    for file in files.stories:
-        try:
-            story = read_story_file(file)
-        except StoryFormatError as err:
-            problems.extend(err.problems)
-            continue
-        records.append(story_record(files.name(file), training_text(story)))
-    if problems:
-        raise CorpusError(problems)
-    return records
-
-
-def split_by_fraction(names: Sequence[str], fraction: float, seed: int) -> list[str]:
-    """Pick ``ceil(fraction * n)`` whole stories at random (seeded) to hold out."""
-    if fraction <= 0:
-        return []
-    if len(names) < 2:
-        raise CorpusError(
-            [
-                f"the corpus has {len(names)} story; holding some out needs at least 2 "
-                "(add stories or pass --val-fraction 0)"
-            ]
-        )
-    order = sorted(names)
-    random.Random(seed).shuffle(order)
-    count = min(len(order) - 1, max(1, math.ceil(fraction * len(order))))
-    return sorted(order[:count])
+        else:
+            features = datasets.Features(
+                {k: datasets.Value("string") for k in story_record("", "")}
+            )
+            splits[split] = datasets.Dataset.from_dict({k: [] for k in features}, features)
+    return datasets.DatasetDict(splits)
 
 
 def _yield_records(records: list[dict]) -> Iterator[dict]:
     yield from records
-
-
-def _looks_like_local_path(source: str) -> bool:
-    return (
-        source.startswith((".", "/", "~"))
-        or source.endswith((".jsonl", ".json", ".txt"))
-        or source.count("/") > 1
-    )
-
-
-def _is_saved_dataset(folder: Path) -> bool:
-    return any((folder / f).is_file() for f in ("dataset_info.json", "dataset_dict.json"))
-
-
-def _load_jsonl(path: Path, cache: str | None):
-    """Check every line first (so errors name file:line), then load through ``datasets``."""
-    import datasets
-
-    problems: list[str] = []
-    count = 0
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                problems.append(f"{where}: not UTF-8 text (byte 0x{raw[err.start]:02x})")
-                continue
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                problems.append(f"{where}: not valid JSON ({err.msg})")
-                continue
-            if not isinstance(row, dict):
-                problems.append(f"{where}: each line must be a JSON object")
-                continue
-            problems.extend(text_from_fields(row, where)[1])
-            count += 1
-    if not problems and count == 0:
-        problems.append(f"{path}: no stories in this file")
-    if problems:
-        raise CorpusError(problems)
-    try:
-        raw_ds = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=cache)
-    except Exception as err:  # mixed field types across lines, say
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CorpusError([f"{path}: could not be read as a table ({first[:160]})"]) from None
-    return _normalize(raw_ds, path.name)
-
-
-def _normalize(ds, label: str):
-    """Rows with ``text`` or ``premise``/``turns`` → rows with ``name``, ``text``, ``prompt``."""
-    columns = set(ds.column_names)
-    if "text" not in columns and not {"premise", "turns"} <= columns:
-        raise CorpusError([f"{label}: needs a 'text' column, or 'premise' and 'turns' columns"])
-    if len(ds) == 0:
-        raise CorpusError([f"{label}: the dataset has no rows"])
-    have_names = "name" in columns
-
-    def convert(batch, indices):
-        out: dict[str, list] = {"name": [], "text": [], "prompt": []}
-        keys = list(batch)
-        for j, idx in enumerate(indices):
-            row = {k: batch[k][j] for k in keys}
-            text, _ = text_from_fields(row, f"{label} row {idx}")
-            name = str(row["name"]) if have_names and row.get("name") else f"{label}#{idx}"
-            record = story_record(name, text or "")
-            for k in out:
-                out[k].append(record[k])
-        return out
-
-    normalized = ds.map(
-        convert, batched=True, with_indices=True, remove_columns=ds.column_names, desc="stories"
-    )
-    empty = normalized.filter(lambda t: not t.strip(), input_columns="text")
-    if len(empty):
-        raise CorpusError(
-            [f"{label}: {len(empty)} rows have no usable text (first: {empty[0]['name']})"]
-        )
-    return normalized
-
-
-def _normalize_saved(loaded, label: str):
-    import datasets
-
-    if isinstance(loaded, datasets.DatasetDict):
-        if "train" not in loaded:
-            raise CorpusError([f"{label}: a saved DatasetDict needs a 'train' split"])
-        val_split = next((s for s in ("validation", "valid", "test") if s in loaded), None)
-        train = _normalize(loaded["train"], f"{label}[train]")
-        val = _normalize(loaded[val_split], f"{label}[{val_split}]") if val_split else None
-        return train, val
-    return _normalize(loaded, label), None
-
-
-def _load_hub(name: str, cache: str | None):
-    import datasets
-
-    try:
-        loaded = datasets.load_dataset(name, cache_dir=cache)
-    except Exception as err:  # offline, unknown name, private...: one clear line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CorpusError(
-            [f"{name}: not a local file or folder, and not loadable from the hub ({first[:160]})"]
-        ) from None
-    return _normalize_saved(loaded, name)
 
 
 # ---------------------------------------------------------------------------------------------

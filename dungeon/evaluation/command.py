@@ -1,0 +1,179 @@
+"""``dungeon eval``: the command line over the evaluation package.
+
+    dungeon eval [--model smollm2-135m] [--adapter DIR | --no-adapter] [--seed 0]
+    dungeon eval --continuity-only        # only the continuity probes (a quicker run)
+    dungeon eval --judge MODEL | --no-adherence
+    dungeon eval --rescore REPORT         # measure a saved --report again, with no model
+
+A summary table, then one JSON line; the continuity probes that failed, and why, on stderr.
+The same seed gives the same figures (latency aside).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from dungeon.builtin_model import BUILTIN_MODEL
+from dungeon.evaluation.measures import PlaytestResult, TurnRecord
+from dungeon.evaluation.perplexity import PERPLEXITY_WINDOW, held_out_texts, perplexity
+from dungeon.evaluation.playtests import load_playtests, rescore, run_playtests
+from dungeon.generator import FakeGenerator, Scorer
+
+DEFAULT_JUDGE = BUILTIN_MODEL
+"""The adherence judge: the raw built-in base, loaded without any adapter."""
+
+
+def add_eval_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="measure a model: held-out perplexity, scripted playtests, action adherence and "
+        "continuity probes",
+    )
+    p.add_argument("--model", default=BUILTIN_MODEL, help="model (built-in name, folder or hub id)")
+    a = p.add_mutually_exclusive_group()
+    a.add_argument("--adapter", help="LoRA adapter folder")
+    a.add_argument(
+        "--no-adapter", action="store_const", const="none", dest="adapter", help="the raw base"
+    )
+    p.add_argument(
+        "--stories",
+        type=Path,
+        default=Path("stories"),
+        help="corpus with validation lists (validation.txt: perplexity; the others: perplexity_new)",
+    )
+    p.add_argument("--playtests", type=Path, help="folder of playtest scripts (default: shipped)")
+    p.add_argument(
+        "--continuity-only",
+        action="store_true",
+        help="play only the continuity probes (the scripts with checks)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="play only the first N scripts (smoke runs)")
+    p.add_argument("--no-perplexity", action="store_true")
+    p.add_argument("--no-playtest", action="store_true")
+    j = p.add_mutually_exclusive_group()
+    j.add_argument(
+        "--judge",
+        default=DEFAULT_JUDGE,
+        metavar="MODEL",
+        help=f"the model that scores action adherence, loaded without adapter (default "
+        f"{DEFAULT_JUDGE}, the same judge for every model under test; 'fake' for a toy one)",
+    )
+    j.add_argument("--no-adherence", action="store_true", help="skip action adherence")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--report", type=Path, help="also write every turn to this JSONL file")
+    p.add_argument(
+        "--rescore",
+        type=Path,
+        metavar="REPORT",
+        help="no model: measure the turns of a saved --report again and print the summary "
+        "(continuity from the --playtests scripts, adherence as the report has it)",
+    )
+    p.set_defaults(func=cmd_eval)
+
+
+def load_judge(name: str, *, device: str = "auto", dtype: str = "auto") -> Scorer:
+    """The adherence judge: ``name`` without any adapter, and dense weights (no quantized
+    decode), so its scores do not depend on the model under test or on this CPU's kernels."""
+    if name == "fake":
+        return FakeGenerator(name="fake")
+    from dungeon.models import load_generator
+
+    return load_generator(name, device=device, dtype=dtype, quantize="none")
+
+
+def cmd_eval(args) -> int:
+    started = time.perf_counter()
+    try:  # bad scripts, a bad report or a bad corpus fail before the model loads
+        if args.rescore:
+            lines = args.rescore.read_text(encoding="utf-8").splitlines()
+            result = rescore(lines, load_playtests(args.playtests))
+        else:
+            tests = [] if args.no_playtest else load_playtests(args.playtests)
+            if args.continuity_only:
+                tests = [t for t in tests if t.checks]
+            tests = tests[: args.limit]
+            fixed, new = ([], []) if args.no_perplexity else held_out_texts(args.stories)
+    except (ValueError, OSError) as err:
+        print(f"dungeon eval: {err}", file=sys.stderr)
+        return 2
+    if args.rescore:
+        print_failed_probes(result)
+        print_figures({"report": str(args.rescore), **result.summary()})
+        return 0
+    from dungeon.config import PlayOptions
+    from dungeon.startup import build_generator  # picks the threads as play does
+
+    opts = PlayOptions(model=args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
+    loading = time.perf_counter()
+    generator = build_generator(opts)
+    load_s = time.perf_counter() - loading
+    figures: dict = {
+        "model": getattr(generator, "name", args.model),
+        "seed": args.seed,
+        "load_s": round(load_s, 2),
+    }
+    judge = None
+    if not args.no_playtest and not args.no_adherence:  # loaded now: a missing judge fails fast
+        judge = load_judge(args.judge, device=args.device, dtype=args.dtype)
+        figures["judge"] = getattr(judge, "name", args.judge)
+    if not args.no_perplexity:
+        if isinstance(generator, Scorer):
+            # Play's context budget, or the model's own window where that is shorter.
+            window = min(PERPLEXITY_WINDOW, generator.context_window)
+            for key, texts in (("perplexity", fixed), ("perplexity_new", new)):
+                print(f"{key}: {len(texts)} held-out stories", file=sys.stderr)
+                figures[key] = (
+                    round(perplexity(generator, texts, window=window), 3) if texts else None
+                )
+        else:
+            print("(no perplexity: this backend cannot score text)", file=sys.stderr)
+            figures["perplexity"] = figures["perplexity_new"] = None
+    if not args.no_playtest:
+        with contextlib.ExitStack() as stack:
+            report = None
+            if args.report:
+                report = stack.enter_context(open(args.report, "w", encoding="utf-8"))
+
+            def write_turn(record: TurnRecord) -> None:
+                if report:
+                    report.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
+                    report.flush()
+
+            result = run_playtests(
+                generator,
+                tests,
+                seed=args.seed,
+                judge=judge,
+                progress=lambda s: print(f"\r{s:<48}", end="", file=sys.stderr),
+                on_turn=write_turn,
+            )
+        print(file=sys.stderr)
+        figures.update(result.summary())
+        for crash in result.crashes:
+            print(f"crash: {crash}", file=sys.stderr)
+        print_failed_probes(result)
+    figures["wall_s"] = round(time.perf_counter() - started, 1)
+    print_figures(figures)
+    return 0
+
+
+def print_failed_probes(result: PlaytestResult) -> None:
+    for probe in result.probes:
+        if not probe.passed:
+            print(f"continuity: {probe.name} failed: {'; '.join(probe.problems)}", file=sys.stderr)
+
+
+def print_figures(figures: dict) -> None:
+    """The summary table, then the figures as one JSON line."""
+    print(f"{'measure':<26}{'value':>12}")
+    for k, v in figures.items():
+        if k not in ("model", "judge", "report"):
+            print(f"{k:<26}{v!s:>12}")
+    print(json.dumps(figures))
