@@ -170,7 +170,8 @@ NO_SUBJECT_WORDS = frozenset(
         "when",
     ]
 )
-_TOKEN = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?|[^A-Za-z]+")
+# Words are runs of letters in any script ("Jāņi" is one word, not "Jāņ" + "i").
+_TOKEN = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?|[\W\d_]+")
 _QUOTED = re.compile(r"(\"[^\"]*\"?|“[^”]*”?)")
 _END_PUNCT = tuple(".!?…")
 
@@ -306,7 +307,7 @@ def _reflexive_me(text: str) -> str:
     """ "look at me" -> "look at myself": the player acting on themself, which second_person
     then makes "yourself". Only while the player is the subject: not in "the goblin hits me",
     nor in another's clause ("ask her to help me"), nor inside quotes."""
-    words = re.findall(r"[A-Za-z']+", text.split('"', 1)[0].split("“", 1)[0])
+    words = re.findall(r"[^\W\d_][\w']*", text.split('"', 1)[0].split("“", 1)[0])
     if not words or words[0].lower() in NO_SUBJECT_WORDS:
         return text
     start = 1 if words[0].lower() == "i" else 0

@@ -213,7 +213,8 @@ class LlamaDecoder:
         if need > room:
             cap = max(need, 2 * room, 256)
             shape = (len(self.layers), 2, 1, self.kv_heads, cap, self.head_dim)
-            self.cache = self._grown(self.cache, shape, self.length, self.dtype)
+            # Only the shared positions are in the cache (a fork's own ones are in branch).
+            self.cache = self._grown(self.cache, shape, self.shared, self.dtype)
         if self._cos.shape[0] < need:
             self._tables(max(need, min(2 * self._cos.shape[0], self.window), 256))
 

@@ -64,6 +64,7 @@ class GameSettings:
 
 MAX_CANDIDATES = 8
 
+
 @dataclass(frozen=True)
 class PickInfo:
     """What a picker knows about the turn its candidates answer."""

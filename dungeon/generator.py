@@ -212,6 +212,43 @@ class StopHoldback:
         return out
 
 
+class PromptHoldback:
+    """StopHoldback that also sees the end of the prompt.
+
+    A prompt ends with ``"...action\\n"``; a response that begins with ``">"`` or ``"\\n"``
+    completes a stop string across the boundary, which a holdback fed only generated text
+    would miss (and show the player marker). The prompt's tail goes in first and is never
+    released.
+    """
+
+    def __init__(self, stops: Sequence[str], prompt: str):
+        self.inner = StopHoldback(stops)
+        # The longest end of the prompt that is a proper start of some stop string.
+        lead = ""
+        for s in self.inner.stops:
+            for n in range(min(len(s) - 1, len(prompt)), len(lead), -1):
+                if prompt.endswith(s[:n]):
+                    lead = s[:n]
+                    break
+        self.inner.buffer = lead
+        self.lead = len(lead)
+
+    @property
+    def stopped(self) -> bool:
+        return self.inner.stopped
+
+    def _drop_lead(self, out: str) -> str:
+        cut = min(self.lead, len(out))
+        self.lead -= cut
+        return out[cut:]
+
+    def push(self, piece: str) -> str:
+        return self._drop_lead(self.inner.push(piece)) if piece else ""
+
+    def flush(self) -> str:
+        return self._drop_lead(self.inner.flush())
+
+
 _FAKE_SENTENCES = (
     "The torchlight flickers across the damp stone walls.",
     "Somewhere far below, water drips into a hidden pool.",

@@ -35,7 +35,7 @@ import torch
 
 from dungeon.cpu_decode import has_decode_weights
 from dungeon.format import STOP_STRINGS
-from dungeon.generator import SamplingSettings, StopHoldback
+from dungeon.generator import PromptHoldback, SamplingSettings
 from dungeon.hf_cache import HFRunner
 from dungeon.sampling import marker_token_ids, pick_token
 
@@ -118,43 +118,6 @@ class Detokenizer:
         return piece
 
 
-class _Holdback:
-    """StopHoldback that also sees the end of the prompt.
-
-    A prompt ends with ``"...action\\n"``; a response that begins with ``">"`` or ``"\\n"``
-    completes a stop string across the boundary, which a holdback fed only generated text
-    would miss (and show the player marker). The prompt's tail goes in first and is never
-    released.
-    """
-
-    def __init__(self, stops: Sequence[str], prompt: str):
-        self.inner = StopHoldback(stops)
-        # The longest end of the prompt that is a proper start of some stop string.
-        lead = ""
-        for s in self.inner.stops:
-            for n in range(min(len(s) - 1, len(prompt)), len(lead), -1):
-                if prompt.endswith(s[:n]):
-                    lead = s[:n]
-                    break
-        self.inner.buffer = lead
-        self.lead = len(lead)
-
-    @property
-    def stopped(self) -> bool:
-        return self.inner.stopped
-
-    def _drop_lead(self, out: str) -> str:
-        cut = min(self.lead, len(out))
-        self.lead -= cut
-        return out[cut:]
-
-    def push(self, piece: str) -> str:
-        return self._drop_lead(self.inner.push(piece)) if piece else ""
-
-    def flush(self) -> str:
-        return self._drop_lead(self.inner.flush())
-
-
 def _model_window(model, tokenizer) -> int:
     config = model.config
     for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
@@ -219,7 +182,10 @@ class TransformersGenerator:
             from dungeon.fast_decode import LlamaDecoder, supports
 
             if supports(model):
-                self.runner = LlamaDecoder(model)
+                try:
+                    self.runner = LlamaDecoder(model)
+                except ValueError as err:  # e.g. several LoRA adapters at once
+                    log.info("transformers' forward instead of LlamaDecoder: %s", err)
         if self.runner is None:
             self.runner = HFRunner(model, grow_cache=grow_cache)
         self._row_ids: list[list[int]] | None = [[]]
@@ -365,7 +331,15 @@ class TransformersGenerator:
             self._cache_ids = []
         else:
             self._cache_ids = held[best][:keep]
-        return self._forward(ids[keep:]), keep
+        new = ids[keep:]
+        if len(new) > 1:
+            # The prompt's last token always runs on its own, as it does when the rest of the
+            # prompt is cached: a one-row product (4-bit, or a GEMV) rounds differently from a
+            # many-row one, and the same prompt and seed should give the same text either way.
+            held_ids, self._cache_ids = self._cache_ids, None
+            self.runner.forward(torch.tensor([new[:-1]], dtype=torch.long))
+            self._cache_ids = held_ids + new[:-1]
+        return self._forward(new[-1:]), keep
 
     # --- generation -----------------------------------------------------------------------
     def _prompt_ids(self, prompt: str, settings: SamplingSettings) -> list[int]:
@@ -513,7 +487,7 @@ class _Row:
         self.rng = torch.Generator().manual_seed(int(seed))
         window = settings.repetition_window
         self.recent: deque[int] | tuple = deque(ids[-window:], maxlen=window) if window else ()
-        self.hold = _Holdback(stops, prompt)
+        self.hold = PromptHoldback(stops, prompt)
         self.detok = Detokenizer(tokenizer, ids)
         self.longest = longest
         self.tail = prompt[-longest:]  # enough text to tell whether a token would end the turn

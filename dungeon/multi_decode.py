@@ -6,7 +6,7 @@ reading the weights, so one step for several rows costs little more than a step 
 module runs a Llama-family model (the built-in model) over the weights of a
 ``dungeon.fast_decode.LlamaDecoder`` with one key/value cache of several rows, each row at its
 own position (no padding: row r holds its own tokens in positions 0..length[r]-1, and a step's
-attention mask hides what lies beyond each row's length)::
+attention reads each row's own positions)::
 
     multi = MultiDecoder.for_generator(generator, max_rows=8, cache_mb=256)
     row, logits, reused = multi.add(prompt_ids)       # prefill one prompt into a free row
@@ -18,9 +18,12 @@ into a prefix store bounded in megabytes (least recently used out first): the ne
 the same game starts with the previous prompt and response, so only the new tokens are
 prefilled, whichever row it lands in.
 
-Products with more rows than the int4 kernel takes (``quantize.QUANT_ROWS``) run in chunks, so
-every row of a step goes through the same kernel whatever the batch size: a row's text does
-not depend on who else was in the batch.
+A row's text does not depend on who else is in the batch, to the last bit: a step computes
+each row exactly as it would alone (``_product`` says how: the int4 kernel in chunks it takes
+whole, the refining output layer row by row, a LoRA side path as a batch of one-row products,
+attention per row). What can change a game's text is whether its previous turn was still in
+the prefix store: a reused prefix's last prompt tokens run through the step kernels, a fresh
+prefill through the dense ones, and the two round differently.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import torch.nn.functional as F
 
 from dungeon.fast_decode import FusedProduct, LlamaDecoder
 from dungeon.hf_generator import common_prefix
-from dungeon.quantize import QUANT_ROWS
+from dungeon.quantize import QUANT_ROWS, Int4Linear, RefinedInt4Linear
 
 log = logging.getLogger(__name__)
 
@@ -273,14 +276,36 @@ class MultiDecoder:
     # --- the forward pass -----------------------------------------------------------------
     @staticmethod
     def _product(product: FusedProduct, x: torch.Tensor, step: bool) -> torch.Tensor:
-        """``product(x)``; a step's rows in chunks small enough for the quantized kernel when
-        there is one (a prefill takes the dense weights, as in LlamaDecoder)."""
-        n = x.shape[0]
-        if not step or product.quant is None or n <= QUANT_ROWS:
+        """``product(x)`` (a prefill: as LlamaDecoder runs it), or for a step, the same sum
+        computed so that each row's result does not depend on the other rows: the quantized
+        kernel in chunks it takes whole (it is exact row by row; beyond ``QUANT_ROWS`` rows
+        FusedProduct would switch to the dense weights), an output layer that refines its top
+        entries row by row (its top-k over bfloat16 logits breaks ties differently for one row
+        and for several), and a LoRA side path as a batch of one-row products (one float32
+        product of several rows rounds differently from one row alone)."""
+        if not step:
             return product(x)
-        chunks = -(-n // QUANT_ROWS)
-        size = -(-n // chunks)
-        return torch.cat([product(part) for part in x.split(size)])
+        n = x.shape[0]
+        if product.quant is not None:
+            quant = product.quant
+            parts = x.to(torch.bfloat16).split(-(-n // -(-n // QUANT_ROWS)))
+            if isinstance(quant, RefinedInt4Linear) and n > 1:
+                y = _refined_rows(
+                    quant, torch.cat([Int4Linear.quantized(quant, p) for p in parts]), x
+                )
+            else:
+                y = torch.cat([quant.quantized(p) for p in parts])
+            y = y.to(x.dtype)
+        elif len(product.dense) == 1:
+            y = F.linear(x, product.dense[0])
+        else:
+            y = torch.cat([F.linear(x, w) for w in product.dense], dim=-1)
+        if product.lora is not None:
+            a_t, b_t = product.lora
+            side = torch.bmm(x.float().unsqueeze(1), a_t.expand(n, -1, -1))
+            side = torch.bmm(side, b_t.expand(n, -1, -1)).squeeze(1)
+            y = y + side.to(y.dtype)
+        return y
 
     def _forward(
         self, ids: torch.Tensor, rows: list[int], cache: torch.Tensor, lengths: list[int]
@@ -303,8 +328,7 @@ class MultiDecoder:
         if t > 1:
             start = int(starts[0])
             mask = torch.ones(t, span, dtype=torch.bool).tril(diagonal=start)
-        else:
-            mask = (torch.arange(span)[None] < ends[:, None]).view(n_rows, 1, 1, span)
+        ends_list = ends.tolist()
         x = F.embedding(ids, dec.embed).view(n_rows * t, -1)
         for (ln1, qkv, o, ln2, gate_up, down), kv in zip(self.layers, cache):
             h = F.rms_norm(x, (x.shape[-1],), ln1, dec.eps)
@@ -322,18 +346,38 @@ class MultiDecoder:
             else:
                 kv[0, row_index, :, starts] = k_new[:, 0]
                 kv[1, row_index, :, starts] = v_new[:, 0]
-                keys, values = kv[0, :n_rows, :, :span], kv[1, :n_rows, :, :span]
-                # One query per head: the heads that share a key/value head are its rows.
+                # One query per head: the heads that share a key/value head are its rows. Each
+                # row attends over its own positions only, in a product of its own: a masked
+                # product over the longest row rounds differently from the row alone.
                 q = qk[:, 0, :h_q].reshape(n_rows, h_kv, groups, d)
-                a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-                a = a.reshape(n_rows, h_q * d)
+                a = torch.cat(
+                    [
+                        F.scaled_dot_product_attention(
+                            q[i : i + 1], kv[0, i : i + 1, :, :end], kv[1, i : i + 1, :, :end]
+                        )
+                        for i, end in enumerate(ends_list)
+                    ]
+                ).reshape(n_rows, h_q * d)
             x = x + self._product(o, a, t == 1)
             h = F.rms_norm(x, (x.shape[-1],), ln2, dec.eps)
             g = self._product(gate_up, h, t == 1)
             half = g.shape[-1] // 2
             x = x + self._product(down, F.silu(g[:, :half]) * g[:, half:], t == 1)
-        for r, end in zip(rows, ends.tolist()):
+        for r, end in zip(rows, ends_list):
             lengths[r] = end
         last = x.view(n_rows, t, -1)[:, -1]
         last = F.rms_norm(last, (last.shape[-1],), dec.norm, dec.eps)
         return self._product(dec.head, last, t == 1).float()
+
+
+def _refined_rows(layer: RefinedInt4Linear, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """RefinedInt4Linear's refinement of the int4 logits ``y`` of rows ``x``, with each row's
+    top-k taken on its own (one top-k over several rows of bfloat16 logits breaks ties
+    differently from the row alone) and the exact entries as a batch of one-row products."""
+    weight = layer.weight.t() if layer.transposed else layer.weight
+    k = min(layer.refine, y.shape[1])
+    idx = torch.cat([torch.topk(row, k, dim=1).indices for row in y.split(1)])
+    picked = weight[idx]  # (rows, refine, in)
+    xb = x.to(torch.bfloat16)
+    exact = torch.bmm(picked, xb.to(picked.dtype).unsqueeze(-1)).squeeze(-1)
+    return y.scatter(1, idx, exact.to(y.dtype))

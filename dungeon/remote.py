@@ -38,7 +38,7 @@ import httpx
 
 from dungeon.errors import ModelNotFoundError
 from dungeon.format import STOP_STRINGS
-from dungeon.generator import SamplingSettings, StopHoldback
+from dungeon.generator import PromptHoldback, SamplingSettings
 
 log = logging.getLogger(__name__)
 
@@ -142,37 +142,6 @@ def _retry_after(response: httpx.Response) -> float | None:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None  # an HTTP date: use our own backoff
-
-
-class _Holdback:
-    """StopHoldback that also sees the end of the prompt (a response starting ``>`` after a
-    prompt ending ``\\n`` completes the ``\\n>`` player marker across the boundary)."""
-
-    def __init__(self, stops: Sequence[str], prompt: str):
-        self.inner = StopHoldback(stops)
-        lead = ""
-        for s in self.inner.stops:
-            for n in range(min(len(s) - 1, len(prompt)), len(lead), -1):
-                if prompt.endswith(s[:n]):
-                    lead = s[:n]
-                    break
-        self.inner.buffer = lead
-        self.lead = len(lead)
-
-    @property
-    def stopped(self) -> bool:
-        return self.inner.stopped
-
-    def _drop_lead(self, out: str) -> str:
-        cut = min(self.lead, len(out))
-        self.lead -= cut
-        return out[cut:]
-
-    def push(self, piece: str) -> str:
-        return self._drop_lead(self.inner.push(piece)) if piece else ""
-
-    def flush(self) -> str:
-        return self._drop_lead(self.inner.flush())
 
 
 def load_tokenizer(name: str):
@@ -443,7 +412,7 @@ class RemoteGenerator:
         pieces is caught here too). Closing the iterator closes the connection."""
         settings = settings or self.settings
         url = f"{self.remote.base}/completions"
-        hold = _Holdback(stop, prompt)
+        hold = PromptHoldback(stop, prompt)
         response = self._request(
             "POST",
             url,

@@ -163,7 +163,9 @@ def builtin_scenarios() -> dict[str, Scenario]:
     return found
 
 
-def scenario_catalogue(extra_dirs: list[Path] | None = None) -> tuple[dict[str, Scenario], list[str]]:
+def scenario_catalogue(
+    extra_dirs: list[Path] | None = None,
+) -> tuple[dict[str, Scenario], list[str]]:
     """Every scenario by name (built-in, then ``extra_dirs``, later folders winning), and one
     problem line per file that cannot be read; a broken file never hides the others."""
     problems: list[str] = []

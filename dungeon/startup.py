@@ -78,6 +78,7 @@ def build_generator(opts: PlayOptions, progress: Callable[..., None] | None = No
         threads=threads,
         settings=opts.sampling,
         allow_pickle=opts.allow_pickle,
+        quantize=opts.quantize,
         progress=progress,
         **({"tokenizer": opts.tokenizer} if opts.tokenizer else {}),
     )

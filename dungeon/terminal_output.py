@@ -244,5 +244,3 @@ class TerminalOutput:
                     return  # a spinner is not worth a crash
                 self._mark = True
                 frame += 1
-
-

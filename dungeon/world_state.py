@@ -22,11 +22,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from dungeon.world_reading import (
-    Observation,
+from dungeon.world_reading import Observation, observe
+from dungeon.world_words import (
     cut_name,
     normalize,
-    observe,
     player_name,
     same_person,
     same_thing,

@@ -26,7 +26,8 @@ threads on every side. On a GPU each side also reports MFU = 6 * N * tokens/s / 
 Prints a table, the ratios against the targets (script >= 0.95x the bare loop, >= 1.0x
 Trainer) and the CPU's name, then one JSON line: {"script": {...}, "trainer": {...},
 "bare_loop": {...}}. The sides of one run share the machine's conditions (rounds interleave):
-compare them within a run, not across runs on a shared machine.
+compare them within a run, not across runs on a shared machine. ``--precision auto`` is
+decided once, in this process (on a CPU it is a measurement), and passed to every side.
 """
 
 from __future__ import annotations
@@ -349,6 +350,15 @@ def main(argv=None) -> int:
         Path(args.json_out).write_text(json.dumps(result))
         return 0
 
+    if args.precision == "auto":
+        # Decided once, here, with the sides' thread count: on a CPU --precision auto measures
+        # bf16 against fp32, and on a busy machine two processes can measure differently.
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        args.precision = load_finetune().device_precision()
+        print(f"precision auto: {args.precision} on this machine, for every side", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
         workdir = Path(tmp)
         if args.tiny:

@@ -50,6 +50,8 @@ CASES = [
     ("x me", "do", "You examine yourself.", "do"),
     # the player acting on themself, and "me" in another's clause
     ("look at me", "do", "You look at yourself.", "do"),
+    ("I dance at Jāņi with Mārtiņš", "do", "You dance at Jāņi with Mārtiņš.", "do"),
+    ("I greet Zoë, I think", "do", "You greet Zoë, you think.", "do"),
     ("I pinch me", "do", "You pinch yourself.", "do"),
     ("the goblin hits me", "do", "The goblin hits you.", "do"),
     ("I ask her to help me", "do", "You ask her to help you.", "do"),

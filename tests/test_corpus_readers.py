@@ -196,7 +196,7 @@ def test_several_sources_with_weights_and_each_sources_held_out_stories(tmp_path
     assert train.count("stories/a.txt") == 1
     assert all(train.count(n) == 2 for n in train if n.startswith("extra.txt#"))
     assert len(train) == 3 + 2 * 9
-    assert "named by stories's validation.txt" in corpus.held_out_how
+    assert "named by the lists of stories (validation.txt)" in corpus.held_out_how
     half = read_corpus([f"{folder}:0.5"], seed=0)
     assert len(half.train) == 2 and len(half.validation) == 1  # weights never touch held-out
     assert SourceSpec.parse("b.jsonl:2") == SourceSpec("b.jsonl", 2.0)

@@ -7,6 +7,7 @@ import pytest
 from story_factory import write_corpus
 
 from dungeon.cli import main
+from dungeon.config import PlayOptions
 
 NEW_KEYS = ("adherence", "adherence_positive", "continuity_passed", "continuity_total")
 PROBE = {
@@ -105,3 +106,18 @@ def test_rescore_reads_a_report_and_judges_the_probes_again(scripts, tmp_path, c
     report.write_text(report.read_text().splitlines()[0] + "\n{not json\n")
     assert main(["eval", "--rescore", str(report)]) == 2
     assert "report line 2" in capsys.readouterr().err
+
+
+def test_eval_plays_with_play_settings_and_records_them(scripts, capsys):
+    argv = ["eval", "--model", "fake", "--no-perplexity", "--playtests", str(scripts)]
+    assert main(argv) == 0
+    default, play = figures(capsys), PlayOptions()  # eval plays as play does by default
+    assert (default["candidates"], default["picker"]) == (play.candidates, play.picker)
+    assert (default["state"], default["context_budget"]) == (play.state, play.context_budget)
+    flags = ["--candidates", "3", "--picker", "story", "--no-state", "--context-budget", "300"]
+    assert main([*argv, *flags]) == 0
+    chosen = figures(capsys)
+    assert (chosen["candidates"], chosen["picker"]) == (3, "story")
+    assert chosen["state"] is False and chosen["context_budget"] == 300
+    assert main([*argv, "--candidates", "99"]) == 2
+    assert "candidates must be between 1 and 8" in capsys.readouterr().err

@@ -54,6 +54,17 @@ def test_playtest_counts_problems_and_crashes():
     assert crashed.summary()["crashes"] == 4 and "boom" in crashed.crashes[0]
 
 
+def test_a_script_plays_the_same_turns_whichever_scripts_run_with_it():
+    a, b = load_playtests()[:2]
+    both = run_playtests(FakeGenerator(), [a, b], seed=4)
+    alone = run_playtests(FakeGenerator(), [b], seed=4)
+    assert [t.response for t in both.turns if t.playtest == b.name] == [
+        t.response for t in alone.turns
+    ]
+    other_seed = run_playtests(FakeGenerator(), [b], seed=5)
+    assert [t.response for t in other_seed.turns] != [t.response for t in alone.turns]
+
+
 def test_the_picker_chooses_among_candidates():
     from dungeon.game import GameSettings
 

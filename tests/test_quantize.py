@@ -142,7 +142,7 @@ def tiny_llama():
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=512,
         tie_word_embeddings=True,
     )
     torch.manual_seed(0)
@@ -209,6 +209,25 @@ def test_decoder_runs_an_unmerged_lora_as_a_side_path(tiny_llama):
         ]
     assert not torch.allclose(ref[9:], base[9:], atol=1e-3), "the adapter changes the output"
     assert torch.allclose(torch.stack(out), ref[9:], atol=1e-4)
+
+
+def test_a_fork_that_outgrows_the_cache_folds_back(tiny_llama):
+    from dungeon.fast_decode import LlamaDecoder
+
+    # 250 prompt tokens fill the first 256-position buffer; the rows' own tokens go past it.
+    prompt = torch.randint(0, 320, (1, 250), generator=torch.Generator().manual_seed(7))
+    follow = torch.randint(0, 320, (2, 12), generator=torch.Generator().manual_seed(8))
+    with torch.inference_mode():
+        dec = LlamaDecoder.from_model(tiny_llama)
+        dec.forward(prompt)
+        dec.fork(2)
+        for i in range(12):
+            dec.forward(follow[:, i : i + 1])
+        dec.select([1])
+        last = dec.forward(torch.tensor([[9]]))[0]
+        ref = tiny_llama(torch.cat([prompt, follow[1:], torch.tensor([[9]])], 1)).logits[0, -1]
+    assert dec.length == 263
+    assert torch.allclose(last, ref, atol=1e-4)
 
 
 @needs_int4

@@ -108,3 +108,36 @@ def test_find_by_key_and_close_cancels_what_waits():
     assert waiting.future.done()
     with pytest.raises(QueueClosed):
         q.submit("a", lambda _j: None)
+
+
+def test_with_slots_owners_run_together_but_one_owner_runs_one_job_at_a_time():
+    q = ModelQueue(max_waiting=8, slots=3)
+    try:
+        release = threading.Event()
+        running: set[str] = set()
+        seen: list[set[str]] = []
+        lock = threading.Lock()
+
+        def hold(job):
+            with lock:
+                running.add(job.key)
+                seen.append(set(running))
+            release.wait(10)
+            with lock:
+                running.discard(job.key)
+
+        jobs = [q.submit("a", hold, key="a0"), q.submit("a", hold, key="a1")]
+        jobs += [q.submit("b", hold, key="b0"), q.submit("c", hold, key="c0")]
+        deadline = threading.Event()
+        for _ in range(500):  # the three owners' first jobs start together
+            if len(q.running) == 3:
+                break
+            deadline.wait(0.01)
+        assert sorted(j.key for j in q.running) == ["a0", "b0", "c0"]
+        assert q.waiting == 1  # a1 waits for a0, though a slot is free later
+        release.set()
+        for job in jobs:
+            job.future.result(5)
+        assert all(not {"a0", "a1"} <= s for s in seen)
+    finally:
+        q.close()

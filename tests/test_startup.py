@@ -114,3 +114,16 @@ def test_open_session_joins_generator_story_options_and_slot():
     assert session.game.settings.context.budget == 300
     session.game.act("look around")  # every committed turn is autosaved to the slot
     assert saves.load(slot_path(start.slot)).story.turns[0].action == "You look around."
+
+
+def test_build_generator_passes_the_play_options_to_the_loader(monkeypatch):
+    from dungeon import models
+    from dungeon.startup import build_generator
+
+    seen = {}
+    monkeypatch.setattr(models, "load_generator", lambda model, **kw: seen.update(kw, model=model))
+    build_generator(PlayOptions(model="smollm2-135m", quantize="int8", threads=1))
+    assert (seen["model"], seen["quantize"], seen["threads"]) == ("smollm2-135m", "int8", 1)
+    assert seen["adapter"] is not None and seen["adapter"].endswith("adventure")  # shipped
+    build_generator(PlayOptions(model="smollm2-135m", adapter="none"))
+    assert seen["adapter"] is None and seen["quantize"] == "auto"

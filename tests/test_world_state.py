@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from dungeon.format import read_story_file
-from dungeon.world_reading import observe, player_name, same_thing
+from dungeon.world_reading import observe
 from dungeon.world_state import (
     StateEdit,
     WorldState,
@@ -27,6 +27,7 @@ from dungeon.world_state import (
     settled,
     update,
 )
+from dungeon.world_words import player_name, same_thing
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = Path(__file__).resolve().parent / "data" / "world_state_labels.json"

@@ -53,7 +53,10 @@ class SourceStories:
     own_held_out: list[str] | None = None
     """Names its own validation lists or split hold out; None when it has none."""
     own_how: str = ""
-    """Where its own held-out stories come from (``validation.txt``, its validation split)."""
+    own_split: bool = False
+    """Its own held-out stories are a dataset's split (``--val-list none`` keeps them)."""
+    """Where its own held-out stories come from: "named by the lists of stories
+    (validation.txt)", "from the 'validation' split of my-dataset"."""
     separator_found: bool = False
 
 
@@ -141,7 +144,8 @@ def read_source(spec: SourceSpec, options: ReadOptions, cache: str | None = None
             problems.extend(errs)
         if files.lists:
             src.own_held_out = _expand(files.validation_names, src.stories)
-            src.own_how = ", ".join(lst.path.name for lst in files.lists)
+            lists = ", ".join(lst.path.name for lst in files.lists)
+            src.own_how = f"named by the lists of {spec.label} ({lists})"
             problems.extend(files.list_problems)
         return src, problems
     if path.is_file():
@@ -220,7 +224,7 @@ def _read_loaded(spec: SourceSpec, kind: str, loaded, options: ReadOptions):
         problems += errs
         src.stories += held
         src.own_held_out = [s.name for s in held]
-        src.own_how = f"its {split!r} split"
+        src.own_how, src.own_split = f"from the {split!r} split of {label}", True
     return src, problems
 
 
@@ -291,7 +295,7 @@ def choose_held_out(
     everything = [s for src in sources for s in src.stories]
     names = [s.name for s in everything]
     if val_list is not None and str(val_list).lower() != "none":
-        own = [src for src in sources if src.own_how.startswith("its ")]
+        own = [src for src in sources if src.own_split]
         if own:
             raise CorpusError([f"{own[0].spec.path} has its own validation split; drop --val-list"])
         files = sorted({n.rsplit("#", 1)[0] for n in names} - set(names))  # big.txt: all of it
@@ -303,14 +307,14 @@ def choose_held_out(
         return _split(sources, held, seed, how)
     if val_list is not None:  # "none": a folder's lists are ignored, a saved split is not
         for src in sources:
-            if not src.own_how.startswith("its "):
+            if not src.own_split:
                 src.own_held_out, src.own_how = None, ""
     held: set[str] = set()
     hows = []
     for src in sources:
         if src.own_held_out is not None:
             held.update(src.own_held_out)
-            hows.append(f"{len(src.own_held_out)} named by {src.spec.label}'s {src.own_how}")
+            hows.append(f"{len(src.own_held_out)} {src.own_how}")
     pool = [s for src in sources if src.own_held_out is None for s in src.stories]
     if val_fraction is not None and not pool and hows:
         named = "; ".join(hows)

@@ -19,11 +19,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dungeon.builtin_model import BUILTIN_MODEL
+from dungeon.config import PlayOptions
 from dungeon.evaluation.measures import PlaytestResult, TurnRecord
 from dungeon.evaluation.perplexity import PERPLEXITY_WINDOW, held_out_texts, perplexity
 from dungeon.evaluation.playtests import load_playtests, rescore, run_playtests
 from dungeon.generator import FakeGenerator, Scorer
+from dungeon.picker import PICKERS
+from dungeon.story import Story
 
+PLAY_FLAGS = ("candidates", "picker", "state", "context_budget")
+"""The play settings eval takes as flags (and records in its figures); the rest are play's
+defaults, so eval plays as ``dungeon play`` does."""
 DEFAULT_JUDGE = BUILTIN_MODEL
 """The adherence judge: the raw built-in base, loaded without any adapter."""
 
@@ -65,6 +71,19 @@ def add_eval_parser(sub) -> None:
         f"{DEFAULT_JUDGE}, the same judge for every model under test; 'fake' for a toy one)",
     )
     j.add_argument("--no-adherence", action="store_true", help="skip action adherence")
+    g = p.add_argument_group("play settings (default: play's own, dungeon.config.PlayOptions)")
+    g.add_argument("--candidates", type=int, help="responses written per turn, 1-8")
+    g.add_argument("--picker", choices=PICKERS, help="which candidate is shown")
+    g.add_argument(
+        "--no-state",
+        action="store_const",
+        const=False,
+        dest="state",
+        help="leave the world's state out of the context",
+    )
+    g.add_argument(
+        "--context-budget", type=int, dest="context_budget", help="prompt tokens (play: 1024)"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--report", type=Path, help="also write every turn to this JSONL file")
@@ -89,8 +108,14 @@ def load_judge(name: str, *, device: str = "auto", dtype: str = "auto") -> Score
 
 
 def cmd_eval(args) -> int:
+    from dungeon.startup import build_generator, make_game  # as play does
+
     started = time.perf_counter()
-    try:  # bad scripts, a bad report or a bad corpus fail before the model loads
+    play = {k: getattr(args, k) for k in PLAY_FLAGS if getattr(args, k) is not None}
+    opts = PlayOptions(
+        model=args.model, adapter=args.adapter, device=args.device, dtype=args.dtype, **play
+    )
+    try:  # bad scripts, a bad report, a bad corpus or bad settings fail before the model loads
         if args.rescore:
             lines = args.rescore.read_text(encoding="utf-8").splitlines()
             result = rescore(lines, load_playtests(args.playtests))
@@ -100,6 +125,7 @@ def cmd_eval(args) -> int:
                 tests = [t for t in tests if t.checks]
             tests = tests[: args.limit]
             fixed, new = ([], []) if args.no_perplexity else held_out_texts(args.stories)
+            make_game(FakeGenerator(), Story(premise="You wait."), opts, {})  # checks settings
     except (ValueError, OSError) as err:
         print(f"dungeon eval: {err}", file=sys.stderr)
         return 2
@@ -107,10 +133,6 @@ def cmd_eval(args) -> int:
         print_failed_probes(result)
         print_figures({"report": str(args.rescore), **result.summary()})
         return 0
-    from dungeon.config import PlayOptions
-    from dungeon.startup import build_generator  # picks the threads as play does
-
-    opts = PlayOptions(model=args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
     loading = time.perf_counter()
     generator = build_generator(opts)
     load_s = time.perf_counter() - loading
@@ -118,6 +140,7 @@ def cmd_eval(args) -> int:
         "model": getattr(generator, "name", args.model),
         "seed": args.seed,
         "load_s": round(load_s, 2),
+        **{k: getattr(opts, k) for k in PLAY_FLAGS},
     }
     judge = None
     if not args.no_playtest and not args.no_adherence:  # loaded now: a missing judge fails fast
@@ -151,6 +174,7 @@ def cmd_eval(args) -> int:
                 tests,
                 seed=args.seed,
                 judge=judge,
+                new_game=lambda gen, story: make_game(gen, story, opts, {}),
                 progress=lambda s: print(f"\r{s:<48}", end="", file=sys.stderr),
                 on_turn=write_turn,
             )

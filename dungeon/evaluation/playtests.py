@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -92,6 +93,13 @@ def script_actions(test: Playtest) -> list[tuple[str, Mode]]:
     return out
 
 
+def story_seed(seed: int, name: str) -> int:
+    """The story seed of script ``name`` in a run with ``seed``: made from the name, not the
+    script's place in the list, so a script plays the same turns whichever scripts run with it
+    (``--limit``, ``--continuity-only``, another folder)."""
+    return zlib.crc32(f"{seed}/{name}".encode()) & 0x7FFFFFFF
+
+
 def run_playtests(
     generator: Generator,
     playtests: Sequence[Playtest],
@@ -100,6 +108,7 @@ def run_playtests(
     settings: GameSettings | None = None,
     judge: Scorer | None = None,
     picker: Picker | None = None,
+    new_game: Callable[[Generator, Story], Game] | None = None,
     progress: Callable[[str], None] | None = None,
     on_turn: Callable[[TurnRecord], None] | None = None,
 ) -> PlaytestResult:
@@ -107,11 +116,17 @@ def run_playtests(
     each one is played, so a long run's report survives an interruption).
 
     ``judge`` measures each turn's action adherence; ``picker`` chooses among a turn's
-    candidates (the Game's default when None)."""
+    candidates (the Game's default when None). ``new_game(generator, story)``, when given,
+    makes each Game instead (``dungeon eval`` passes play's own, dungeon.startup.make_game),
+    and ``settings`` and ``picker`` are not used."""
     result = PlaytestResult()
     extra = {"picker": picker} if picker is not None else {}
-    for k, test in enumerate(playtests):
-        game = Game(generator, Story(premise=test.premise, seed=seed * 1000 + k), settings, **extra)
+    for test in playtests:
+        story = Story(premise=test.premise, seed=story_seed(seed, test.name))
+        if new_game is not None:
+            game = new_game(generator, story)
+        else:
+            game = Game(generator, story, settings, **extra)
         actions = script_actions(test)
         played: list[TurnRecord] = []
         for i, raw in enumerate(test.inputs):

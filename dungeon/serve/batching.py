@@ -146,20 +146,24 @@ class BatchingGenerator:
         settings: SamplingSettings | None = None,
         stop: Sequence[str] = STOP_STRINGS,
     ) -> Iterator[tuple[int, str]]:
-        """(row, piece) pairs, one row per seed, as TransformersGenerator.stream_batch."""
+        """(row, piece) pairs, one row per seed, as TransformersGenerator.stream_batch (more
+        seeds than the batch has rows are written a batch-full at a time)."""
         seeds = list(seeds)
-        if not seeds:
-            return
-        if len(seeds) > self.max_rows:
-            raise ValueError(f"at most {self.max_rows} responses at once, got {len(seeds)}")
-        request = _Request(
-            prompt, seeds, settings or self.inner.settings, tuple(s for s in stop if s)
-        )
+        settings = settings or self.inner.settings
+        for start in range(0, len(seeds), self.max_rows):
+            group = seeds[start : start + self.max_rows]
+            for row, piece in self._group(prompt, group, settings, stop):
+                yield start + row, piece
+
+    def _group(
+        self, prompt: str, seeds: list[int], settings: SamplingSettings, stop: Sequence[str]
+    ) -> Iterator[tuple[int, str]]:
+        request = _Request(prompt, seeds, settings, tuple(s for s in stop if s))
         with self._cond:
             if self._closed:
                 raise RuntimeError("the model is shutting down")
             self._pending.append(request)
-            self._cond.notify()
+            self._cond.notify_all()
         try:
             while (item := request.out.get()) is not _END:
                 if isinstance(item, BaseException):
@@ -375,12 +379,11 @@ def torch_cat(a, b):
 def make_batching(generator, *, max_rows: int, cache_mb: float):
     """A BatchingGenerator over ``generator`` when it can decode several prompts at once
     (a Llama-family transformers model on the CPU), else None (one turn at a time)."""
-    if max_rows < 2:
+    # Without a runner (the fake, a remote model) there is nothing to batch: torch stays out.
+    if max_rows < 2 or getattr(generator, "runner", None) is None:
         return None
-    try:
-        from dungeon.multi_decode import supports
-    except ImportError:  # no torch: the fake model
-        return None
+    from dungeon.multi_decode import supports
+
     if not supports(generator):
         return None
     return BatchingGenerator(generator, max_rows=max_rows, cache_mb=cache_mb)
