@@ -135,6 +135,14 @@ def _play_parser(sub) -> argparse.ArgumentParser:
         "/choose N flips between them, /retry shows the next",
     )
     s.add_argument(
+        "--no-state",
+        action="store_const",
+        const=False,
+        dest="state",
+        help="keep the world's state (inventory, condition, people, places) out of the "
+        "model's context; /state still shows it",
+    )
+    s.add_argument(
         "--picker",
         choices=["first", "story"],
         help="which candidate is shown: 'first' (default) or 'story' (the one that answers "
@@ -175,6 +183,7 @@ def _options(args: argparse.Namespace):
             "context_budget",
             "candidates",
             "picker",
+            "state",
         ]
     }
     flags["premise_file"] = args.premise

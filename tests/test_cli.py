@@ -45,3 +45,14 @@ def test_cli_help_and_no_command(capsys):
     with pytest.raises(SystemExit):
         main(["play", "--help"])
     assert "NO_COLOR" in capsys.readouterr().out
+
+
+def test_play_flags_reach_the_options():
+    from dungeon import cli
+
+    args = cli.build_parser().parse_args(
+        ["play", "--model", "fake", "--no-state", "--candidates", "3", "--picker", "story"]
+    )
+    opts = cli._options(args)
+    assert (opts.state, opts.candidates, opts.picker) == (False, 3, "story")
+    assert cli._options(cli.build_parser().parse_args(["play", "--model", "fake"])).state is True
