@@ -17,7 +17,14 @@ import os
 import sys
 from pathlib import Path
 
-from dungeon.config import DEFAULT_MODEL, ConfigError, config_file, merge, read_config
+from dungeon.config import (
+    DEFAULT_MODEL,
+    ConfigError,
+    config_file,
+    merge,
+    option_flags,
+    read_config,
+)
 from dungeon.corpus.command import add_check_corpus_parser
 from dungeon.errors import ModelNotFoundError, UnsafeModelError
 from dungeon.evaluation.command import add_eval_parser
@@ -158,34 +165,7 @@ def _play_parser(sub) -> argparse.ArgumentParser:
 
 def _options(args: argparse.Namespace):
     config = read_config(args.config) if args.config else read_config()
-    flags = {
-        k: getattr(args, k, None)
-        for k in [
-            "model",
-            "adapter",
-            "device",
-            "dtype",
-            "quantize",
-            "threads",
-            "tokenizer",
-            "scenario",
-            "load",
-            "seed",
-            "color",
-            "temperature",
-            "top_k",
-            "top_p",
-            "typical_p",
-            "repetition_penalty",
-            "max_new_tokens",
-            "min_new_tokens",
-            "ban_marker",
-            "context_budget",
-            "candidates",
-            "picker",
-            "state",
-        ]
-    }
+    flags = option_flags(args)
     flags["premise_file"] = args.premise
     if os.environ.get("NO_COLOR"):
         flags["color"] = False

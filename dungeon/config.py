@@ -89,6 +89,16 @@ TOP_KEYS = {
 }
 
 
+FLAG_KEYS = SAMPLING_KEYS | {f.name for f in fields(PlayOptions)} - {"sampling", "premise_file"}
+"""Every option a command line may set, by its argparse ``dest``."""
+
+
+def option_flags(args) -> dict:
+    """The options an argparse namespace sets (None where its parser has no such flag), for
+    ``merge``: each front end's parser decides which flags it offers, this reads them all."""
+    return {k: getattr(args, k, None) for k in sorted(FLAG_KEYS)}
+
+
 def config_file() -> Path:
     return config_dir() / "config.toml"
 

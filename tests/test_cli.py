@@ -56,3 +56,10 @@ def test_play_flags_reach_the_options():
     opts = cli._options(args)
     assert (opts.state, opts.candidates, opts.picker) == (False, 3, "story")
     assert cli._options(cli.build_parser().parse_args(["play", "--model", "fake"])).state is True
+
+
+def test_every_play_flag_reaches_the_options():
+    from dungeon import cli
+
+    args = cli.build_parser().parse_args(["play", "--model", "fake", "--allow-pickle"])
+    assert cli._options(args).allow_pickle is True

@@ -13,31 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from dungeon.config import DEFAULT_MODEL, config_file, merge, read_config
+from dungeon.config import DEFAULT_MODEL, config_file, merge, option_flags, read_config
 
 from .settings import DEFAULT_HOST, DEFAULT_PORT
-
-# Options shared with `dungeon play` that make sense for a server (the model and its defaults).
-_MODEL_FLAGS = [
-    "model",
-    "adapter",
-    "device",
-    "dtype",
-    "quantize",
-    "threads",
-    "allow_pickle",
-    "tokenizer",
-    "temperature",
-    "top_k",
-    "top_p",
-    "typical_p",
-    "repetition_penalty",
-    "max_new_tokens",
-    "min_new_tokens",
-    "ban_marker",
-    "context_budget",
-    "candidates",
-]
 
 
 def add_serve_parser(sub) -> argparse.ArgumentParser:
@@ -144,7 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .settings import ServeSettings
 
     config = read_config(args.config) if args.config else read_config()
-    opts = merge(config, {k: getattr(args, k, None) for k in _MODEL_FLAGS})
+    opts = merge(config, option_flags(args))
     try:
         settings = ServeSettings(
             host=args.host,
