@@ -52,6 +52,21 @@ def play(keys: str, opts: PlayOptions | None = None, generator=None, monkeypatch
     return code, screen.text
 
 
+@pytest.fixture
+def toolbars(monkeypatch) -> list[str]:
+    """The bottom toolbar's text each time the game draws it, in order."""
+    seen: list[str] = []
+    real = ui.TerminalGame._status_line
+
+    def spy(self):
+        line = real(self)
+        seen.append("".join(text for _, text in line))
+        return line
+
+    monkeypatch.setattr(ui.TerminalGame, "_status_line", spy)
+    return seen
+
+
 def only_save():
     found = list_saves()
     assert len(found) == 1, found
@@ -294,16 +309,8 @@ def test_a_model_that_fails_to_load_is_one_line(monkeypatch):
 # --- colours and the toolbar -----------------------------------------------------------------
 
 
-def test_toolbar_shows_model_turn_context_and_temperature(monkeypatch):
-    seen = []
-    real = ui.TerminalGame._status_line
-
-    def spy(self):
-        line = real(self)
-        seen.append("".join(text for _, text in line))
-        return line
-
-    monkeypatch.setattr(ui.TerminalGame, "_status_line", spy)
+def test_toolbar_shows_model_turn_context_and_temperature(toolbars):
+    seen = toolbars
     play("I look around\r/quit\r")
     assert re.search(r"fake │ turn 0 │ context \d+/1024 tokens │ temp 0.8", seen[0])
     assert "turn 1" in seen[1]
@@ -320,16 +327,8 @@ def test_no_color_turns_the_colours_off(monkeypatch):
 ALT_RIGHT, ALT_LEFT = "\x1b\x1b[C", "\x1b\x1b[D"
 
 
-def test_alt_right_flips_to_the_next_candidate_and_the_save_follows(monkeypatch):
-    seen = []
-    real = ui.TerminalGame._status_line
-
-    def spy(self):
-        line = real(self)
-        seen.append("".join(text for _, text in line))
-        return line
-
-    monkeypatch.setattr(ui.TerminalGame, "_status_line", spy)
+def test_alt_right_flips_to_the_next_candidate_and_the_save_follows(toolbars):
+    seen = toolbars
     opts = PlayOptions(model="fake", scenario="testland", seed=3, candidates=3)
     code, screen = play("I look around\r" + ALT_RIGHT + ALT_RIGHT + ALT_LEFT + "/quit\r", opts)
     assert code == 0
@@ -360,16 +359,8 @@ def test_set_candidates_changes_the_next_turn():
     assert len(only_save().story.turns[0].candidates) == 4
 
 
-def test_toolbar_counts_what_you_carry(monkeypatch):
-    seen = []
-    real = ui.TerminalGame._status_line
-
-    def spy(self):
-        line = real(self)
-        seen.append("".join(text for _, text in line))
-        return line
-
-    monkeypatch.setattr(ui.TerminalGame, "_status_line", spy)
+def test_toolbar_counts_what_you_carry(toolbars):
+    seen = toolbars
     play("/state add lantern\r/state add rope\r/quit\r")
     assert "carrying" not in seen[0]
     assert re.search(r"│ carrying 2\b", seen[-1]), seen
