@@ -159,3 +159,21 @@ def stream_view(raw: str, stops: tuple[str, ...] = STOP_STRINGS) -> str:
     text, _ = cut_at_stop(sanitize(raw), stops)
     text = drop_repeated_sentences(collapse_whitespace(text).replace("\n", " "))
     return text[: last_sentence_end(text)]
+
+
+# --- measures of a finished response (dungeon eval reports them; the story picker uses them) ---
+
+# The response acting for the player: a marker (at a line start, or run on after other text:
+# "...the door.> You run"), or narrating the player's next choice.
+_IMPERSONATION = re.compile(
+    r"(^|\n)\s*>|>\s*You\b|\bYou (then )?(decide|choose|proceed) to\b|\bYou (say|ask|reply)\s*,?\s*[\"“]",
+)
+
+
+def impersonates(text: str) -> bool:
+    return bool(_IMPERSONATION.search(text))
+
+
+def incomplete(text: str) -> bool:
+    stripped = text.rstrip()
+    return bool(stripped) and not re.search(r"[.!?…][\"'”’)\]]*$", stripped)

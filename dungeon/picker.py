@@ -21,8 +21,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dungeon.cleanup import loop_score
-from dungeon.evaluation.measures import impersonates, incomplete, second_person_slip
+from dungeon.cleanup import impersonates, incomplete, loop_score
+from dungeon.corpus.check import first_person_slip
 from dungeon.game import PickInfo
 from dungeon.story import Candidate
 
@@ -154,7 +154,7 @@ def score(turn: PickInfo, text: str, weights: PickerWeights = PickerWeights()) -
         "incomplete": float(incomplete(text)),
         "length": float(words < SHORT_WORDS or words > LONG_WORDS),
         "impersonation": float(impersonates(text)),
-        "slip": float(second_person_slip(text)),
+        "slip": float(first_person_slip(text)),
     }
     parts["total"] = (
         weights.echo * parts["echo"]

@@ -13,7 +13,7 @@ import re
 import statistics
 from dataclasses import dataclass, field
 
-from dungeon.cleanup import loop_score
+from dungeon.cleanup import impersonates, incomplete, loop_score
 from dungeon.corpus.check import first_person_slip
 from dungeon.evaluation.continuity import Check, ProbeResult, check_response
 from dungeon.game import GameSettings
@@ -21,20 +21,6 @@ from dungeon.game import GameSettings
 # A loop is judged as Game judges it: against the last few responses, by shared trigrams.
 LOOP_THRESHOLD = GameSettings.loop_threshold
 RECENT = GameSettings.loop_window
-# The response acting for the player: a marker (at a line start, or run on after other text:
-# "...the door.> You run"), or narrating the player's next choice.
-_IMPERSONATION = re.compile(
-    r"(^|\n)\s*>|>\s*You\b|\bYou (then )?(decide|choose|proceed) to\b|\bYou (say|ask|reply)\s*,?\s*[\"“]",
-)
-
-
-def impersonates(text: str) -> bool:
-    return bool(_IMPERSONATION.search(text))
-
-
-def incomplete(text: str) -> bool:
-    stripped = text.rstrip()
-    return bool(stripped) and not re.search(r"[.!?…][\"'”’)\]]*$", stripped)
 
 
 def second_person_slip(text: str) -> bool:
