@@ -26,7 +26,7 @@ from dungeon.actions import Action, make_action
 from dungeon.cleanup import clean_response, loop_score, sanitize, stream_view
 from dungeon.context import Context, ContextSettings, build_context
 from dungeon.format import Mode, turn_prefix
-from dungeon.generator import BatchGenerator, Generator, SamplingSettings
+from dungeon.generator import Generator, SamplingSettings, stream_rows
 from dungeon.story import Candidate, Story, Turn, WorldEntry
 from dungeon.world_state import EditOp, WorldState
 
@@ -326,7 +326,7 @@ class Game:
                 for i in range(n)
             ]
             raws, shown, abandoned = [""] * n, "", False
-            rows = self._rows(context.text, seeds)
+            rows = stream_rows(self.generator, context.text, seeds=seeds, settings=self.sampling)
             try:
                 for row, piece in rows:
                     raws[row] += piece
@@ -374,22 +374,6 @@ class Game:
             self.last_flagged = pick.flagged
             return _Found(usable, chosen)
         raise AssertionError("unreachable: the last attempt always returns")
-
-    def _rows(self, prompt: str, seeds: list[int]) -> Iterator[tuple[int, str]]:
-        """(row, piece) pairs for one batch: the backend's batched stream where it has one,
-        else one stream per seed in turn."""
-        if len(seeds) > 1 and isinstance(self.generator, BatchGenerator):
-            yield from self.generator.stream_batch(prompt, seeds=seeds, settings=self.sampling)
-            return
-        for row, seed in enumerate(seeds):
-            pieces = self.generator.stream(prompt, seed=seed, settings=self.sampling)
-            try:
-                for piece in pieces:
-                    yield row, piece
-            finally:
-                close = getattr(pieces, "close", None)
-                if close is not None:
-                    close()
 
     def _pick(self, turn: PickInfo, usable: list[Candidate]) -> int:
         if len(usable) == 1:

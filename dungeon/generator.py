@@ -152,6 +152,31 @@ class BatchGenerator(Protocol):
         ...
 
 
+def stream_rows(
+    generator: Generator,
+    prompt: str,
+    *,
+    seeds: Sequence[int],
+    settings: SamplingSettings | None = None,
+    stop: Sequence[str] = STOP_STRINGS,
+) -> Iterator[tuple[int, str]]:
+    """(row, piece) pairs for one response per seed: one batch where the backend is a
+    BatchGenerator, else one ``stream`` per seed in turn (each closed, even when the caller
+    stops early)."""
+    if len(seeds) > 1 and isinstance(generator, BatchGenerator):
+        yield from generator.stream_batch(prompt, seeds=seeds, settings=settings, stop=stop)
+        return
+    for row, seed in enumerate(seeds):
+        pieces = generator.stream(prompt, seed=seed, settings=settings, stop=stop)
+        try:
+            for piece in pieces:
+                yield row, piece
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+
+
 @runtime_checkable
 class Scorer(Protocol):
     """What a backend offers to score text instead of writing it (optional: check with

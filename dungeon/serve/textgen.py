@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from dungeon.cleanup import sanitize
-from dungeon.generator import BatchGenerator, Generator, SamplingSettings
+from dungeon.generator import Generator, SamplingSettings, stream_rows
 
 from .queue import Job
 
@@ -165,18 +165,7 @@ def run_completion(
 
 
 def _rows(generator: Generator, prompt: str, request: TextRequest) -> Iterator[tuple[int, str]]:
-    """(row, piece) pairs: one batch where the backend has ``stream_batch``, else one stream
-    per seed in turn."""
-    seeds, settings, stop = list(request.seeds), request.settings, request.stop
-    if len(seeds) > 1 and isinstance(generator, BatchGenerator):
-        yield from generator.stream_batch(prompt, seeds=seeds, settings=settings, stop=stop)
-        return
-    for row, seed in enumerate(seeds):
-        pieces = generator.stream(prompt, seed=seed, settings=settings, stop=stop)
-        try:
-            for piece in pieces:
-                yield row, piece
-        finally:
-            close = getattr(pieces, "close", None)
-            if close is not None:
-                close()
+    """(row, piece) pairs for the request's seeds (dungeon.generator.stream_rows)."""
+    return stream_rows(
+        generator, prompt, seeds=request.seeds, settings=request.settings, stop=request.stop
+    )
