@@ -29,6 +29,7 @@ from dungeon.corpus.command import add_check_corpus_parser
 from dungeon.errors import ModelNotFoundError, UnsafeModelError
 from dungeon.evaluation.command import add_eval_parser
 from dungeon.export.command import add_export_parser
+from dungeon.picker import PICKERS
 from dungeon.saves import SaveError
 from dungeon.scenarios import ScenarioError
 from dungeon.serve.command import add_serve_parser
@@ -151,9 +152,10 @@ def _play_parser(sub) -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--picker",
-        choices=["first", "story"],
-        help="which candidate is shown: 'first' (default) or 'story' (the one that answers "
-        "the action best without repeating itself)",
+        choices=PICKERS,
+        help="which candidate is shown: 'first' (default), 'story' (the one that answers "
+        "the action best without repeating itself) or 'adherence' (the one the model finds "
+        "most tied to the action; local models)",
     )
 
     p.add_argument(

@@ -65,7 +65,8 @@ class PlayOptions:
     candidates: int = 1
     """Responses written per turn in one batch (flip between them; retry shows the next)."""
     picker: str = "first"
-    """Which candidate is shown first: 'first' (as written) or 'story' (dungeon.picker)."""
+    """Which candidate is shown first: 'first' (as written), 'story' or 'adherence'
+    (dungeon.picker)."""
     state: bool = True
     """Put the world's state (inventory, condition, people, places) into the model's context."""
 

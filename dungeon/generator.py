@@ -3,7 +3,8 @@
 A backend turns a prompt into text. The Game only needs four things from it: ``generate``
 (the whole text), ``stream`` (pieces as they come), ``count_tokens`` (context budgeting) and
 its settings. A backend that can also say how likely a text is implements ``Scorer``, which
-``dungeon eval`` measures perplexity with. ``FakeGenerator`` is deterministic and model-free:
+``dungeon eval`` measures perplexity with, and ``ContinuationScorer``, which the adherence
+picker reranks candidates with. ``FakeGenerator`` is deterministic and model-free:
 tests and examples use it.
 """
 
@@ -200,6 +201,32 @@ class Scorer(Protocol):
         ...
 
 
+@runtime_checkable
+class ContinuationScorer(Protocol):
+    """A backend that scores several texts after several contexts in one batch (optional:
+    check with ``isinstance(generator, ContinuationScorer)``). The adherence picker
+    (dungeon.picker) asks it how likely each candidate is after the real action line and
+    after a contrast one; the local backend reads the prompt's cached keys and values once for
+    all of them (dungeon.hf_contrast)::
+
+        scores = generator.score_continuations([context, swapped], [text_a, text_b])
+        scores[1][0]   # log-probs of text_a's tokens after ``swapped``
+    """
+
+    def score_continuations(
+        self,
+        contexts: Sequence[str],
+        texts: Sequence[str],
+        *,
+        max_tokens: int | None = None,
+    ) -> list[list[list[float]]]:
+        """``scores[i][j]``: the log-probability (natural log) of each token of ``texts[j]``
+        after ``contexts[i]``, context and text tokenized apart as ``Scorer.token_logprobs``
+        does; only the first ``max_tokens`` tokens of each text when given. The backend's
+        next generation is unchanged by the call."""
+        ...
+
+
 class StopHoldback:
     """Feeds text pieces through and holds back any tail that might start a stop string.
 
@@ -363,6 +390,19 @@ class FakeGenerator:
         stop: Sequence[str] = STOP_STRINGS,
     ) -> str:
         return "".join(self.stream(prompt, seed=seed, settings=settings, stop=stop))
+
+    def score_continuations(
+        self,
+        contexts: Sequence[str],
+        texts: Sequence[str],
+        *,
+        max_tokens: int | None = None,
+    ) -> list[list[list[float]]]:
+        """A toy ContinuationScorer: ``token_logprobs`` for every pair (a token of the text
+        seen in the context or earlier in the text scores higher than a new one)."""
+        return [
+            [self.token_logprobs(c, t)[:max_tokens] if t else [] for t in texts] for c in contexts
+        ]
 
     def token_logprobs(
         self, prefix: str, continuation: str, *, end: bool = False, window: int | None = None

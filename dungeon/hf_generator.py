@@ -218,6 +218,19 @@ class TransformersGenerator:
 
         return token_logprobs(self, prefix, continuation, end=end, window=window)
 
+    def score_continuations(
+        self,
+        contexts: Sequence[str],
+        texts: Sequence[str],
+        *,
+        max_tokens: int | None = None,
+    ) -> list[list[list[float]]]:
+        """See dungeon.generator.ContinuationScorer: every text after every context in one
+        batched forward over the cached shared prefix (dungeon.hf_contrast)."""
+        from dungeon.hf_contrast import score_continuations
+
+        return score_continuations(self, contexts, texts, max_tokens=max_tokens)
+
     def vocab_texts(self) -> list[str]:
         """The text of every token on its own (decoded once, on first use)."""
         if self._vocab is None:

@@ -13,18 +13,31 @@ scores each candidate on what a reader notices, all cheap, pure text measures:
 
 Use it as ``Game(..., picker=StoryPicker())`` or ``game.picker = StoryPicker()``; the weights
 are a dataclass, so a game can tune them. The default Game picker keeps the first candidate.
+
+The adherence picker (``AdherencePicker``) asks the model itself instead of the action's words:
+how much more likely is each candidate after the player's action than after a contrast action
+(pointwise mutual information, the MMI reranking idea), with the same penalties for broken text.
+It needs a backend that can score continuations (dungeon.generator.ContinuationScorer: the local
+transformers backend reads the prompt's cached keys and values once for every candidate); with
+any other backend it picks as the story picker does.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dungeon.cleanup import impersonates, incomplete, loop_score
 from dungeon.corpus.check import first_person_slip
+from dungeon.format import MARKER, turn_prefix
 from dungeon.game import PickInfo
+from dungeon.generator import ContinuationScorer
 from dungeon.story import Candidate
+
+log = logging.getLogger(__name__)
 
 # Words that say nothing about what the player did.
 STOPWORDS = frozenset(
@@ -178,16 +191,149 @@ class StoryPicker:
         return max(range(len(totals)), key=lambda i: (totals[i], -i))
 
 
-PICKERS = ("first", "story")
-"""The pickers a front end can name: ``first`` (the Game's default) and ``story``."""
+NEUTRAL_ACTIONS = ("You look around.", "You wait.")
+"""Contrast actions that ask for nothing in particular (the second when the player's action is
+the first)."""
 
 
-def named_picker(name: str):
-    """The picker called ``name`` (see PICKERS); a clear error for any other name."""
+def contrast_actions(turn: PickInfo, most: int = 2) -> list[str]:
+    """The actions a candidate's answer to ``turn.action`` is contrasted with, at most ``most``:
+
+    1. a neutral action ("You look around."): a response that would follow any action scores
+       about zero against it, one with what this action asked for scores above;
+    2. the story's latest earlier action that differs from this one, found in the context: a
+       response that merely carries on from the last turn fits that action as well as this
+       one, and one that answers this action fits it better.
+
+    The eval's judge swaps in another action of the same script; at play time there is no
+    script, and these two stand in for "any other action". On the continuity probes with 4
+    candidates, the neutral one alone chose a little better than the previous one alone, and
+    as well as the two together (docs/eval.md). Empty for a turn without an action line
+    (story, continue) or a context that does not end with it.
+    """
+    if turn.mode not in ("do", "say") or not turn.action.strip():
+        return []
+    tail = turn_prefix(turn.action, turn.mode)
+    if not turn.context.text.endswith(tail):
+        return []
+    before = turn.context.text[: len(turn.context.text) - len(tail)]
+    earlier = re.findall(rf"\n\n{re.escape(MARKER)}([^\n]+)\n", before)
+    current = turn.action.strip().lower()
+    previous = next((a for a in reversed(earlier) if a.strip().lower() != current), None)
+    taken = {current, previous.strip().lower() if previous else None}
+    neutral = next(a for a in NEUTRAL_ACTIONS if a.lower() not in taken)
+    return [neutral, *([previous] if previous else [])][:most]
+
+
+def mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values) if values else 0.0
+
+
+def pmi_scores(
+    scorer: ContinuationScorer,
+    turn: PickInfo,
+    texts: Sequence[str],
+    *,
+    contrasts: int = 1,
+    max_tokens: int | None = None,
+) -> list[float] | None:
+    """Each text's mean log-prob per token after the turn's context minus its mean over the
+    contrast contexts (the action line swapped, see contrast_actions): nats per token, higher
+    for a text that answers this action. None when the turn has no action line to swap."""
+    others = contrast_actions(turn, contrasts)
+    if not others:
+        return None
+    context = turn.context.text
+    stem = context[: len(context) - len(turn_prefix(turn.action, turn.mode))]
+    contexts = [context, *(stem + turn_prefix(a, "do") for a in others)]
+    scores = scorer.score_continuations(contexts, texts, max_tokens=max_tokens)
+    return [
+        mean(scores[0][j]) - mean([mean(scores[i][j]) for i in range(1, len(contexts))])
+        for j in range(len(texts))
+    ]
+
+
+@dataclass(frozen=True)
+class AdherencePicker:
+    """A Game picker: the candidate the model finds most tied to the player's action.
+
+    Each candidate gets its PMI (``pmi_scores``: mean log-prob after the real action minus
+    after contrast actions) minus the story picker's repetition penalty; a candidate with
+    fewer flaws (the story picker's incomplete, impersonation, first-person slip and length
+    penalties) always comes first, so the picker never prefers broken text for its PMI (and
+    only the candidates with the fewest flaws are scored). Ties go to the earlier candidate.
+
+    ``scorer`` is the game's generator; without ContinuationScorer (a remote backend, a
+    queue in front of the model), or on a turn with no action line, the choice is the story
+    picker's. The PMI is the fine-tuned model's own, so the scores reuse the key/value cache
+    the candidates were written from: about 0.5 s of CPU a turn for 3 candidates and 0.6 s
+    for 4 on the built-in model, one thread (docs/eval.md, "Reranking candidates").
+    """
+
+    scorer: object | None = None
+    weights: PickerWeights = PickerWeights()
+    pmi: float = 4.0
+    """Weight of the PMI (nats per token; candidates of one turn differ by about 0.05-0.3)."""
+    contrasts: int = 1
+    """Contrast actions per turn (1: a neutral one, 2: and the previous action); each adds a
+    row per candidate to the scoring batch. On the continuity probes with 4 candidates, two
+    chose no better than one (adherence 0.179 against 0.181) at 1.5 times the cost."""
+    max_tokens: int | None = 48
+    """Score only the first tokens of each candidate (the cost grows with them)."""
+
+    def __post_init__(self) -> None:
+        if self.contrasts not in (1, 2):
+            raise ValueError(f"contrasts must be 1 or 2, got {self.contrasts}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be 1 or more (or None), got {self.max_tokens}")
+
+    def __call__(self, turn: PickInfo, candidates: Sequence[Candidate]) -> int:
+        texts = [c.text for c in candidates]
+        parts = [score(turn, t, self.weights) for t in texts]
+        if not isinstance(self.scorer, ContinuationScorer) or not contrast_actions(turn):
+            totals = [p["total"] for p in parts]  # the story picker's choice
+            return max(range(len(totals)), key=lambda i: (totals[i], -i))
+        w = self.weights
+        flaws = [
+            w.incomplete * p["incomplete"]
+            + w.impersonation * p["impersonation"]
+            + w.slip * p["slip"]
+            + w.length * p["length"]
+            for p in parts
+        ]
+        # Only the candidates with the fewest flaws can be chosen, so only they are scored.
+        fewest = [i for i, f in enumerate(flaws) if f == min(flaws)]
+        if len(fewest) == 1:
+            return fewest[0]
+        pmis = pmi_scores(
+            self.scorer,
+            turn,
+            [texts[i] for i in fewest],
+            contrasts=self.contrasts,
+            max_tokens=self.max_tokens,
+        )
+        assert pmis is not None  # the turn has contrast actions
+        totals = {
+            i: self.pmi * m - w.repetition * parts[i]["repetition"] for i, m in zip(fewest, pmis)
+        }
+        log.debug("adherence picker: pmi %s of candidates %s", [round(m, 3) for m in pmis], fewest)
+        return max(fewest, key=lambda i: (totals[i], -i))
+
+
+PICKERS = ("first", "story", "adherence")
+"""The pickers a front end can name: ``first`` (the Game's default), ``story`` and
+``adherence``."""
+
+
+def named_picker(name: str, generator: object | None = None):
+    """The picker called ``name`` (see PICKERS); a clear error for any other name.
+    ``generator`` is the game's: the adherence picker scores the candidates with it."""
     from dungeon.game import first_candidate
 
     if name == "first":
         return first_candidate
     if name == "story":
         return StoryPicker()
+    if name == "adherence":
+        return AdherencePicker(generator)
     raise ValueError(f"no picker named {name!r}; choose one of: {', '.join(PICKERS)}")

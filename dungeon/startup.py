@@ -195,7 +195,7 @@ def make_game(generator: Generator, story: Story, opts: PlayOptions, sampling: d
         story,
         settings,
         sampling=opts.sampling.updated(sampling),
-        picker=named_picker(opts.picker),
+        picker=named_picker(opts.picker, generator),
     )
 
 
