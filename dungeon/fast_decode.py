@@ -7,10 +7,10 @@ gpt-fast style:
 
 - the q, k and v products are one product, and so are gate and up (their int4 weights
   concatenated once at start-up);
-- the key/value cache is one buffer per layer that grows by doubling, written in place;
+- the key/value cache is one buffer per layer that grows with room to spare, written in place;
 - rotary tables are computed once for every position;
 - a LoRA adapter that is not merged runs as a float32 low-rank side path next to each product
-  (its A matrices concatenated, its B matrices block-diagonal, the scaling folded in).
+  (its A matrices concatenated, its B matrices as a batch of blocks, the scaling folded in).
 
 Products over more than ``quantize.QUANT_ROWS`` rows (prefill) use the dense weights.
 Every row of a batch has the same length: the rows of a batch are candidates for one prompt.
@@ -21,12 +21,16 @@ Every row of a batch has the same length: the rows of a batch are candidates for
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dungeon.quantize import QUANT_ROWS, Int4Linear, Int8Linear, QuantLinear
+from dungeon.quantize import QUANT_ROWS, Int4Linear, Int8Linear, QuantLinear, RefinedInt4Linear
 
+PREFILL_CHUNK = 256
+"""A prompt longer than this runs through the model this many tokens at a time."""
 SUPPORTED = ("llama",)
 """``config.model_type`` values this decoder runs (SmolLM2 is a Llama)."""
 
@@ -101,39 +105,110 @@ class FusedProduct:
             self.dense = [fused]
         self.dense = [w.detach() for w in self.dense]
         self.lora = None
+        self.lora_blocks = None
         loras = [p[1] for p in parts]
         if any(lo is not None for lo in loras):
-            a_parts, b_blocks, r_total = [], [], 0
-            for size, lo in zip(self.sizes, loras):
-                if lo is None:
-                    b_blocks.append((size, 0, None))
-                    continue
-                a, b, scaling = lo
-                a_parts.append(a.float())
-                b_blocks.append((size, a.shape[0], b.float() * scaling))
-                r_total += a.shape[0]
-            big_b = torch.zeros(sum(self.sizes), r_total)
-            row = col = 0
-            for size, r, b in b_blocks:
-                if b is not None:
-                    big_b[row : row + size, col : col + r] = b
-                    col += r
-                row += size
-            # float32, stored transposed for torch.mm: one-row bf16 products of these skinny
-            # shapes take 160-200 us each here, float32 ones 4-28 us (docs/models.md).
-            self.lora = (torch.cat(a_parts).t().contiguous(), big_b.t().contiguous())
+            self._side_path(loras)
+
+    def _side_path(self, loras) -> None:
+        """The LoRA side path, float32, the scaling folded into B: A matrices concatenated
+        (one product for every part), and B as one block-diagonal matrix (``lora``), or, where
+        every part has the same rank, as blocks of one width (``lora_blocks``): a batch of
+        small products that reads no zeros (the block-diagonal B of q, k and v is two-thirds
+        zeros; the side paths of a token took 3.40 ms against 3.86, docs/models.md)."""
+        a_parts, b_blocks, r_total = [], [], 0
+        for size, lo in zip(self.sizes, loras):
+            if lo is None:
+                b_blocks.append((size, 0, None))
+                continue
+            a, b, scaling = lo
+            a_parts.append(a.float())
+            b_blocks.append((size, a.shape[0], b.float() * scaling))
+            r_total += a.shape[0]
+        # float32, stored transposed for torch.mm: one-row bf16 products of these skinny
+        # shapes take 160-200 us each here, float32 ones 4-28 us (docs/models.md).
+        a_t = torch.cat(a_parts).t().contiguous()
+        ranks = {r for _, r, _ in b_blocks}
+        if len(self.sizes) > 1 and len(ranks) == 1 and 0 not in ranks:
+            rank = ranks.pop()
+            width = math.gcd(*self.sizes)
+            blocks, owner = [], []
+            for part, (size, _, b) in enumerate(b_blocks):
+                for start in range(0, size, width):
+                    blocks.append(b[start : start + width].t())  # (rank, width)
+                    owner.append(part)
+            index = None if len(owner) == len(self.sizes) else torch.tensor(owner)
+            self.lora_blocks = (a_t, torch.stack(blocks).contiguous(), index, rank)
+            return
+        big_b = torch.zeros(sum(self.sizes), r_total)
+        row = col = 0
+        for size, r, b in b_blocks:
+            if b is not None:
+                big_b[row : row + size, col : col + r] = b
+                col += r
+            row += size
+        self.lora = (a_t, big_b.t().contiguous())
+
+    def add_side(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``y`` (rows, out) plus the LoRA side path's output for ``x`` (rows, in), added in
+        place in float32 and rounded once to ``y``'s dtype; ``y`` as it is without one."""
+        if self.lora is not None:
+            a_t, b_t = self.lora
+            return y.add_(torch.mm(torch.mm(x.float(), a_t), b_t))
+        if self.lora_blocks is None:
+            return y
+        a_t, blocks, index, rank = self.lora_blocks
+        rows = x.shape[0]
+        t = torch.mm(x.float(), a_t).view(rows, -1, rank).transpose(0, 1)  # (parts, rows, r)
+        if index is not None:
+            t = t.index_select(0, index)  # (blocks, rows, r): a part's rows for each block
+        side = torch.bmm(t, blocks)  # (blocks, rows, width)
+        y.view(rows, blocks.shape[0], -1).add_(side.transpose(0, 1))
+        return y
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (rows, in) -> (rows, sum of outputs)."""
         if self.quant is not None and x.shape[0] <= QUANT_ROWS:
-            y = self.quant.quantized(x.to(torch.bfloat16)).to(x.dtype)
+            # No ``.to`` where the dtype is already right: even a cast that does nothing is a
+            # dispatch, and 240 of them a token cost 2.7% of a step (measured, interleaved).
+            y = self.quant.quantized(x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16))
+            if y.dtype != x.dtype:
+                y = y.to(x.dtype)
+        elif len(self.dense) == 1:
+            y = F.linear(x, self.dense[0])
+        else:
+            y = torch.cat([F.linear(x, w) for w in self.dense], dim=-1)
+        return self.add_side(y, x)  # y is this call's own tensor
+
+    def each_row(self, x: torch.Tensor) -> torch.Tensor:
+        """The same sum for a step of several rows that are different games, computed so that
+        each row's result does not depend on the other rows: the quantized kernel in chunks it
+        takes whole (it is exact row by row; beyond ``QUANT_ROWS`` rows ``__call__`` would
+        switch to the dense weights), an output layer that refines its top entries row by row,
+        and the LoRA side path as a batch of one-row products (one float32 product of several
+        rows rounds differently from one row alone)."""
+        n = x.shape[0]
+        if self.quant is not None:
+            parts = x.to(torch.bfloat16).split(-(-n // -(-n // QUANT_ROWS)))
+            if isinstance(self.quant, RefinedInt4Linear):
+                y = torch.cat([self.quant.quantized(p, each_row=True) for p in parts])
+            else:
+                y = torch.cat([self.quant.quantized(p) for p in parts])
+            y = y.to(x.dtype)
         elif len(self.dense) == 1:
             y = F.linear(x, self.dense[0])
         else:
             y = torch.cat([F.linear(x, w) for w in self.dense], dim=-1)
         if self.lora is not None:
             a_t, b_t = self.lora
-            y = y + torch.mm(torch.mm(x.float(), a_t), b_t).to(y.dtype)
+            side = torch.bmm(x.float().unsqueeze(1), a_t.expand(n, -1, -1))
+            y = y.add_(torch.bmm(side, b_t.expand(n, -1, -1)).squeeze(1))
+        elif self.lora_blocks is not None:
+            a_t, blocks, index, rank = self.lora_blocks
+            t = torch.bmm(x.float().unsqueeze(1), a_t.expand(n, -1, -1)).view(n, -1, 1, rank)
+            if index is not None:
+                t = t.index_select(1, index)  # (rows, blocks, 1, r)
+            y = y.add_(torch.matmul(t, blocks).reshape(n, -1))  # one-row products, batched
         return y
 
 
@@ -208,10 +283,13 @@ class LlamaDecoder:
         return new
 
     def _ensure(self, need: int) -> None:
-        """Room for ``need`` positions in the one-row cache (doubling), and rotary tables."""
+        """Room for ``need`` positions in the one-row cache, and rotary tables."""
         room = self.cache[0].shape[3] if self.cache else 0
         if need > room:
-            cap = max(need, 2 * room, 256)
+            # Room for a response beyond what is asked: a prefill fills the cache to its last
+            # token, and doubling on the next one held the old and new buffers at once (the
+            # play path's peak memory). Then 1.5x: contexts stay within a token budget.
+            cap = max(need + 256, room + room // 2)
             shape = (len(self.layers), 2, 1, self.kv_heads, cap, self.head_dim)
             # Only the shared positions are in the cache (a fork's own ones are in branch).
             self.cache = self._grown(self.cache, shape, self.shared, self.dtype)
@@ -219,10 +297,14 @@ class LlamaDecoder:
             self._tables(max(need, min(2 * self._cos.shape[0], self.window), 256))
 
     def _tables(self, n: int) -> None:
+        self._cos, self._sin = self.rotary_tables(n)
+
+    def rotary_tables(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """New rotary (cos, sin) tables for positions 0..n-1, (n, head_dim) each."""
         pos = torch.arange(n)[None]
         probe = torch.zeros(1, dtype=torch.float32)
         cos, sin = self._rotary(probe, pos)
-        self._cos, self._sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
+        return cos[0].to(self.dtype), sin[0].to(self.dtype)
 
     def fork(self, rows: int) -> None:
         """From one cached row to ``rows`` rows that share it (candidates for one prompt)."""
@@ -272,6 +354,12 @@ class LlamaDecoder:
         position, (rows, vocab). The cache grows by ``tokens``. A forked cache takes one
         token per row."""
         rows, t = ids.shape
+        if rows == 1 and t > PREFILL_CHUNK and not self.branch:
+            # A long prompt in pieces: each piece's activations are a fraction of the whole's.
+            self._ensure(self.length + t)
+            for piece in ids[:, :-PREFILL_CHUNK].split(PREFILL_CHUNK, dim=1):
+                self.forward(piece)
+            ids, t = ids[:, -PREFILL_CHUNK:], PREFILL_CHUNK
         start, end = self.length, self.length + t
         forked = bool(self.branch)
         if rows != self.rows or (forked and t != 1):
@@ -313,9 +401,12 @@ class LlamaDecoder:
                 cache[1, :, :, start:end].copy_(y[:, :, h_q + h_kv :].transpose(1, 2))
                 keys, values = cache[0, :, :, :end], cache[1, :, :, :end]
                 if t == 1:
-                    # One query per head: the heads that share a key/value head are its rows.
-                    q = qk[:, 0, :h_q].reshape(rows, h_kv, groups, d)
-                    a = F.scaled_dot_product_attention(q, keys, values).reshape(n, h_q * d)
+                    # One query per head; the kernel reads each key/value head once for the
+                    # query heads that share it (measured 4% a token faster than those heads
+                    # as three query rows of one head, docs/models.md).
+                    q = qk[:, :, :h_q].transpose(1, 2)  # (1, h_q, 1, d)
+                    a = F.scaled_dot_product_attention(q, keys, values, enable_gqa=True)
+                    a = a.reshape(n, h_q * d)
                 else:
                     q = qk[:, :, :h_q].transpose(1, 2)
                     a = F.scaled_dot_product_attention(
@@ -333,6 +424,83 @@ class LlamaDecoder:
         last = x.view(rows, t, -1)[:, -1]
         last = F.rms_norm(last, (last.shape[-1],), self.norm, self.eps)
         return self.head(last).float()
+
+    def forward_at(
+        self,
+        ids: torch.Tensor,
+        kv: torch.Tensor,
+        rows: list[int],
+        starts: list[int],
+        tables: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """Run ``ids`` (len(rows), t) after what rows of an outside key/value cache hold, each
+        row at its own position: row ``rows[i]`` of ``kv`` holds ``starts[i]`` positions.
+
+        ``kv`` is (layers, 2, rows, kv_heads, capacity, head_dim), written in place, with room
+        for the new positions; ``tables`` are rotary (cos, sin) tables that reach as far
+        (``rotary_tables``). t > 1 only for one row (a prefill, run as ``forward`` runs one).
+        A step (t == 1) computes each row exactly as it would be alone, whoever else is in the
+        batch: ``FusedProduct.each_row`` for the products, and attention per row over its own
+        positions (a masked product over the longest row rounds differently). Returns the last
+        position's float32 logits, (len(rows), vocab). The decoder's own cache is not touched,
+        so this may run on one thread while another decodes (dungeon.multi_decode)."""
+        n_rows, t = ids.shape
+        step = t == 1
+        if not step and n_rows != 1:
+            raise ValueError("a prefill of several tokens takes one row")
+        starts_t = torch.tensor(starts)
+        table_cos, table_sin = tables
+        h_q, h_kv, d = self.heads, self.kv_heads, self.head_dim
+        pos = starts_t[:, None] + torch.arange(t)[None]  # (rows, t)
+        cos = table_cos[pos].view(n_rows, t, 1, d)
+        sin = table_sin[pos].view(n_rows, t, 1, d)
+        ends = starts_t + t
+        span = int(ends.max())
+        row_index = torch.tensor(rows)
+        if not step:
+            start = starts[0]
+            mask = torch.ones(t, span, dtype=torch.bool).tril(diagonal=start)
+        ends_list = ends.tolist()
+        x = F.embedding(ids, self.embed).view(n_rows * t, -1)
+        for (ln1, qkv, o, ln2, gate_up, down), layer_kv in zip(self.layers, kv):
+            h = F.rms_norm(x, (x.shape[-1],), ln1, self.eps)
+            y = (qkv.each_row(h) if step else qkv(h)).view(n_rows, t, h_q + 2 * h_kv, d)
+            qk = self._rope(y[:, :, : h_q + h_kv], cos, sin)
+            k_new, v_new = qk[:, :, h_q:], y[:, :, h_q + h_kv :]  # (rows, t, h_kv, d)
+            if not step:
+                r, s = rows[0], starts[0]
+                layer_kv[0, r, :, s : s + t].copy_(k_new[0].transpose(0, 1))
+                layer_kv[1, r, :, s : s + t].copy_(v_new[0].transpose(0, 1))
+                keys = layer_kv[0, r : r + 1, :, :span]
+                values = layer_kv[1, r : r + 1, :, :span]
+                q = qk[:, :, :h_q].transpose(1, 2)
+                a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+                a = a.transpose(1, 2).reshape(t, h_q * d)
+            else:
+                layer_kv[0, row_index, :, starts_t] = k_new[:, 0]
+                layer_kv[1, row_index, :, starts_t] = v_new[:, 0]
+                # One query per head, as ``forward`` runs a step.
+                q = qk[:, :, :h_q].transpose(1, 2)  # (rows, h_q, 1, d)
+                a = torch.cat(
+                    [
+                        F.scaled_dot_product_attention(
+                            q[i : i + 1],
+                            layer_kv[0, r : r + 1, :, :end],
+                            layer_kv[1, r : r + 1, :, :end],
+                            enable_gqa=True,
+                        )
+                        for i, (r, end) in enumerate(zip(rows, ends_list))
+                    ]
+                ).reshape(n_rows, h_q * d)
+            x = x + (o.each_row(a) if step else o(a))
+            h = F.rms_norm(x, (x.shape[-1],), ln2, self.eps)
+            g = gate_up.each_row(h) if step else gate_up(h)
+            half = g.shape[-1] // 2
+            m = F.silu(g[:, :half]) * g[:, half:]
+            x = x + (down.each_row(m) if step else down(m))
+        last = x.view(n_rows, t, -1)[:, -1]
+        last = F.rms_norm(last, (last.shape[-1],), self.norm, self.eps)
+        return (self.head.each_row(last) if step else self.head(last)).float()
 
 
 def _flash(q, k, v):

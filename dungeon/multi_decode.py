@@ -19,9 +19,9 @@ the same game starts with the previous prompt and response, so only the new toke
 prefilled, whichever row it lands in.
 
 A row's text does not depend on who else is in the batch, to the last bit: a step computes
-each row exactly as it would alone (``_product`` says how: the int4 kernel in chunks it takes
-whole, the refining output layer row by row, a LoRA side path as a batch of one-row products,
-attention per row). What can change a game's text is whether its previous turn was still in
+each row exactly as it would alone (``LlamaDecoder.forward_at`` and ``FusedProduct.each_row``
+say how: the int4 kernel in chunks it takes whole, the refining output layer row by row, a
+LoRA side path as a batch of one-row products, attention per row). What can change a game's text is whether its previous turn was still in
 the prefix store: a reused prefix's last prompt tokens run through the step kernels, a fresh
 prefill through the dense ones, and the two round differently.
 """
@@ -34,11 +34,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from dungeon.fast_decode import FusedProduct, LlamaDecoder
+from dungeon.fast_decode import LlamaDecoder
 from dungeon.hf_generator import common_prefix
-from dungeon.quantize import QUANT_ROWS, Int4Linear, RefinedInt4Linear
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +124,7 @@ def supports(generator) -> bool:
 class MultiDecoder:
     """A batched key/value cache of rows at their own positions over a LlamaDecoder's weights."""
 
-    def __init__(self, dec: LlamaDecoder, rotary, *, max_rows: int = 8, cache_mb: float = 256):
+    def __init__(self, dec: LlamaDecoder, *, max_rows: int = 8, cache_mb: float = 256):
         if max_rows < 1:
             raise ValueError(f"max_rows must be 1 or more, got {max_rows}")
         self.dec = dec
@@ -134,7 +132,6 @@ class MultiDecoder:
         self.dtype = dec.dtype
         self.layers = dec.layers
         self.window = dec.window
-        self._rotary = rotary
         self._cos_sin = (torch.empty(0), torch.empty(0))
         self._tables_lock = threading.Lock()
         self.kv = torch.empty(0)
@@ -150,9 +147,7 @@ class MultiDecoder:
         """Over a TransformersGenerator whose runner is a LlamaDecoder (see ``supports``)."""
         if not supports(generator):
             raise ValueError("several prompts in one batch need a Llama-family model on the CPU")
-        model = generator.model
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        return cls(generator.runner, inner.model.rotary_emb, max_rows=max_rows, cache_mb=cache_mb)
+        return cls(generator.runner, max_rows=max_rows, cache_mb=cache_mb)
 
     @property
     def rows(self) -> int:
@@ -186,9 +181,7 @@ class MultiDecoder:
             cos = self._cos_sin[0]
             if cos.shape[0] < need:
                 n = max(need, min(2 * cos.shape[0], self.window), 256)
-                probe = torch.zeros(1, dtype=torch.float32)
-                cos, sin = self._rotary(probe, torch.arange(n)[None])
-                self._cos_sin = (cos[0].to(self.dtype), sin[0].to(self.dtype))
+                self._cos_sin = self.dec.rotary_tables(n)
 
     @property
     def cache_bytes(self) -> int:
@@ -274,110 +267,14 @@ class MultiDecoder:
         return logits
 
     # --- the forward pass -----------------------------------------------------------------
-    @staticmethod
-    def _product(product: FusedProduct, x: torch.Tensor, step: bool) -> torch.Tensor:
-        """``product(x)`` (a prefill: as LlamaDecoder runs it), or for a step, the same sum
-        computed so that each row's result does not depend on the other rows: the quantized
-        kernel in chunks it takes whole (it is exact row by row; beyond ``QUANT_ROWS`` rows
-        FusedProduct would switch to the dense weights), an output layer that refines its top
-        entries row by row (its top-k over bfloat16 logits breaks ties differently for one row
-        and for several), and a LoRA side path as a batch of one-row products (one float32
-        product of several rows rounds differently from one row alone)."""
-        if not step:
-            return product(x)
-        n = x.shape[0]
-        if product.quant is not None:
-            quant = product.quant
-            parts = x.to(torch.bfloat16).split(-(-n // -(-n // QUANT_ROWS)))
-            if isinstance(quant, RefinedInt4Linear) and n > 1:
-                y = _refined_rows(
-                    quant, torch.cat([Int4Linear.quantized(quant, p) for p in parts]), x
-                )
-            else:
-                y = torch.cat([quant.quantized(p) for p in parts])
-            y = y.to(x.dtype)
-        elif len(product.dense) == 1:
-            y = F.linear(x, product.dense[0])
-        else:
-            y = torch.cat([F.linear(x, w) for w in product.dense], dim=-1)
-        if product.lora is not None:
-            a_t, b_t = product.lora
-            side = torch.bmm(x.float().unsqueeze(1), a_t.expand(n, -1, -1))
-            side = torch.bmm(side, b_t.expand(n, -1, -1)).squeeze(1)
-            y = y + side.to(y.dtype)
-        return y
-
     def _forward(
         self, ids: torch.Tensor, rows: list[int], cache: torch.Tensor, lengths: list[int]
     ) -> torch.Tensor:
         """``ids`` (len(rows), t) after what each row of ``cache`` holds (``lengths``); t > 1
         only for one row (prefill). Returns the last position's logits, (len(rows), vocab), and
         grows each row's length by t."""
-        dec = self.dec
-        n_rows, t = ids.shape
-        starts = torch.tensor([lengths[r] for r in rows])
-        table_cos, table_sin = self._cos_sin
-        h_q, h_kv, d = dec.heads, dec.kv_heads, dec.head_dim
-        groups = h_q // h_kv
-        pos = starts[:, None] + torch.arange(t)[None]  # (rows, t)
-        cos = table_cos[pos].view(n_rows, t, 1, d)
-        sin = table_sin[pos].view(n_rows, t, 1, d)
-        ends = starts + t
-        span = int(ends.max())
-        row_index = torch.tensor(rows)
-        if t > 1:
-            start = int(starts[0])
-            mask = torch.ones(t, span, dtype=torch.bool).tril(diagonal=start)
-        ends_list = ends.tolist()
-        x = F.embedding(ids, dec.embed).view(n_rows * t, -1)
-        for (ln1, qkv, o, ln2, gate_up, down), kv in zip(self.layers, cache):
-            h = F.rms_norm(x, (x.shape[-1],), ln1, dec.eps)
-            y = self._product(qkv, h, t == 1).view(n_rows, t, h_q + 2 * h_kv, d)
-            qk = dec._rope(y[:, :, : h_q + h_kv], cos, sin)
-            k_new, v_new = qk[:, :, h_q:], y[:, :, h_q + h_kv :]  # (rows, t, h_kv, d)
-            if t > 1:
-                r, s = rows[0], int(starts[0])
-                kv[0, r, :, s : s + t].copy_(k_new[0].transpose(0, 1))
-                kv[1, r, :, s : s + t].copy_(v_new[0].transpose(0, 1))
-                keys, values = kv[0, r : r + 1, :, :span], kv[1, r : r + 1, :, :span]
-                q = qk[:, :, :h_q].transpose(1, 2)
-                a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
-                a = a.transpose(1, 2).reshape(t, h_q * d)
-            else:
-                kv[0, row_index, :, starts] = k_new[:, 0]
-                kv[1, row_index, :, starts] = v_new[:, 0]
-                # One query per head: the heads that share a key/value head are its rows. Each
-                # row attends over its own positions only, in a product of its own: a masked
-                # product over the longest row rounds differently from the row alone.
-                q = qk[:, 0, :h_q].reshape(n_rows, h_kv, groups, d)
-                a = torch.cat(
-                    [
-                        F.scaled_dot_product_attention(
-                            q[i : i + 1], kv[0, i : i + 1, :, :end], kv[1, i : i + 1, :, :end]
-                        )
-                        for i, end in enumerate(ends_list)
-                    ]
-                ).reshape(n_rows, h_q * d)
-            x = x + self._product(o, a, t == 1)
-            h = F.rms_norm(x, (x.shape[-1],), ln2, dec.eps)
-            g = self._product(gate_up, h, t == 1)
-            half = g.shape[-1] // 2
-            x = x + self._product(down, F.silu(g[:, :half]) * g[:, half:], t == 1)
-        for r, end in zip(rows, ends_list):
-            lengths[r] = end
-        last = x.view(n_rows, t, -1)[:, -1]
-        last = F.rms_norm(last, (last.shape[-1],), dec.norm, dec.eps)
-        return self._product(dec.head, last, t == 1).float()
-
-
-def _refined_rows(layer: RefinedInt4Linear, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """RefinedInt4Linear's refinement of the int4 logits ``y`` of rows ``x``, with each row's
-    top-k taken on its own (one top-k over several rows of bfloat16 logits breaks ties
-    differently from the row alone) and the exact entries as a batch of one-row products."""
-    weight = layer.weight.t() if layer.transposed else layer.weight
-    k = min(layer.refine, y.shape[1])
-    idx = torch.cat([torch.topk(row, k, dim=1).indices for row in y.split(1)])
-    picked = weight[idx]  # (rows, refine, in)
-    xb = x.to(torch.bfloat16)
-    exact = torch.bmm(picked, xb.to(picked.dtype).unsqueeze(-1)).squeeze(-1)
-    return y.scatter(1, idx, exact.to(y.dtype))
+        starts = [lengths[r] for r in rows]
+        logits = self.dec.forward_at(ids, cache, rows, starts, self._cos_sin)
+        for r, start in zip(rows, starts):
+            lengths[r] = start + ids.shape[1]
+        return logits

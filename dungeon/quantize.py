@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,6 +44,9 @@ QUANT_ROWS = 6
 Measured on the AMX Xeon, a (3072, 576) product: int4 is 2.7x faster than dense bf16 for one
 row, 1.5x for 4, slower from 8 rows on, and 5x slower for 128 (docs/models.md)."""
 MODES = ("auto", "int4", "int8", "none")
+Int4Weights = Mapping[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+"""int4 ``(codes, scale, zero)`` by transformers weight name (what ``quantize_model(exact=)``
+takes)."""
 
 
 def _int4_op():
@@ -96,7 +99,14 @@ class Int4Linear(QuantLinear):
     @classmethod
     def from_codes(cls, codes, scale, zero, **kwargs) -> Int4Linear:
         """``codes`` (N, K) in 0..15 and ``scale``, ``zero`` (N, K/32): w = (q - 8) * scale + zero."""
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+        # In chunks of rows (the packed rows are independent): int32 codes of a whole
+        # output layer at once would be 113 MB.
+        packed = torch.cat(
+            [
+                torch.ops.aten._convert_weight_to_int4pack_for_cpu(part.to(torch.int32), 1)
+                for part in codes.split(4096)
+            ]
+        )
         scale_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).to(torch.bfloat16)
         return cls(packed, scale_zeros.contiguous(), **kwargs)
 
@@ -138,12 +148,22 @@ class RefinedInt4Linear(Int4Linear):
 
     refine = 256
 
-    def quantized(self, x2d: torch.Tensor) -> torch.Tensor:
+    def quantized(self, x2d: torch.Tensor, *, each_row: bool = False) -> torch.Tensor:
+        """The int4 logits of ``x2d`` with the ``refine`` largest of each row made exact.
+
+        ``each_row`` takes each row's top-k on its own, so that a row's result does not depend
+        on the other rows (one top-k over several rows of bfloat16 logits can break ties
+        differently from the row alone): for rows that are different games (multi_decode).
+        """
         y = super().quantized(x2d)
         weight = self.weight.t() if self.transposed else self.weight
+        k = min(self.refine, y.shape[1])
         for start in range(0, y.shape[0], 64):  # bounded memory when scoring long texts
             rows = slice(start, start + 64)
-            idx = torch.topk(y[rows], min(self.refine, y.shape[1]), dim=1).indices
+            if each_row:
+                idx = torch.cat([torch.topk(row, k, dim=1).indices for row in y[rows].split(1)])
+            else:
+                idx = torch.topk(y[rows], k, dim=1).indices
             picked = weight[idx]  # (rows, refine, in)
             exact = torch.bmm(picked, x2d[rows].to(picked.dtype).unsqueeze(-1)).squeeze(-1)
             y[rows] = y[rows].scatter(1, idx, exact.to(y.dtype))
@@ -174,15 +194,26 @@ class Int8Linear(QuantLinear):
         return self.qweight.float() * self.scales.float()[:, None]
 
 
-def quantize_int4(weight: torch.Tensor, group: int = GROUP):
-    """Round-to-nearest int4 of an (out, in) weight: ``(codes, scale, zero)``, (N, K/group) each."""
-    w = weight.detach().float().contiguous()
-    n, k = w.shape
-    g = w.view(n, k // group, group)
-    lo, hi = g.amin(dim=-1), g.amax(dim=-1)
-    scale = ((hi - lo) / 15).clamp(min=1e-10)
-    codes = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15)
-    return codes.view(n, k).to(torch.uint8), scale, lo + 8 * scale
+def quantize_int4(weight: torch.Tensor, group: int = GROUP, rows: int = 2048):
+    """Round-to-nearest int4 of an (out, in) weight: ``(codes, scale, zero)``, (N, K/group) each.
+
+    Works through ``rows`` rows at a time (every row is rounded on its own, so the result is
+    the same): the float32 temporaries of a 49,152-row output layer at once were 450 MB, the
+    load's peak memory.
+    """
+    n, k = weight.shape
+    codes = torch.empty(n, k, dtype=torch.uint8)
+    scale = torch.empty(n, k // group)
+    zero = torch.empty(n, k // group)
+    for start in range(0, n, rows):
+        part = slice(start, start + rows)
+        g = weight[part].detach().float().reshape(-1, k // group, group)
+        lo, hi = g.amin(dim=-1), g.amax(dim=-1)
+        step = ((hi - lo) / 15).clamp(min=1e-10)
+        q = torch.round((g - lo[..., None]) / step[..., None]).clamp(0, 15)
+        codes[part] = q.view(-1, k).to(torch.uint8)
+        scale[part], zero[part] = step, lo + 8 * step
+    return codes, scale, zero
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,14 +304,15 @@ def quantize_model(
     model: nn.Module,
     mode: str,
     *,
-    exact: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
+    exact: Int4Weights | None = None,
     keep_dense: bool = True,
     head: str | None = None,
 ) -> int:
     """Swap the linear layers of ``model`` for Int4Linear / Int8Linear; returns how many.
 
     ``exact`` maps a module's weight name (``model.layers.0.mlp.up_proj.weight``) to int4
-    ``(codes, scale, zero)`` taken from a 4-bit file, used instead of re-quantizing. Layers
+    ``(codes, scale, zero)`` taken from a 4-bit file, used instead of re-quantizing (read one
+    layer at a time). Layers
     whose input size is not a multiple of 32 (int4) stay dense. ``keep_dense`` keeps the
     dense weight for prefill. ``head`` quantizes the output layer (``lm_head``) differently:
     ``int8``, ``int4``, ``int4+refine`` (RefinedInt4Linear) or ``none``. peft's LoRA layers keep working: their ``base_layer`` is
@@ -374,28 +406,96 @@ def _unpermute_rows(n_rows: int, n_head: int) -> torch.Tensor:
     return torch.arange(n_rows).view(n_head, dim, 2).transpose(1, 2).reshape(-1)
 
 
-def gguf_int4_weights(path: Path, config) -> dict[str, tuple[torch.Tensor, ...]]:
+class _LazyWeights(Mapping):
+    """A read-only mapping whose values are read when asked for, one at a time, so that the
+    codes of a whole model are never all in memory next to the model."""
+
+    def __init__(self, loaders: dict[str, Callable[[], tuple[torch.Tensor, ...]]], source):
+        self._loaders = loaders
+        self.source = source  # keeps the file reader open while the mapping lives
+
+    def __getitem__(self, name: str):
+        return self._loaders[name]()
+
+    def __iter__(self):
+        return iter(self._loaders)
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
+
+def gguf_int4_weights(path: Path, config) -> Int4Weights:
     """The Q4_1 linear weights of a Llama GGUF file, by transformers weight name, as int4
-    ``(codes, scale, zero)`` for Int4Linear (scale = d, zero = m + 8d: exactly ``d * q + m``)."""
+    ``(codes, scale, zero)`` for Int4Linear (scale = d, zero = m + 8d: exactly ``d * q + m``).
+    Each tensor is read from the file when asked for."""
     from gguf import GGMLQuantizationType, GGUFReader
 
     reader = GGUFReader(str(path))
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    out = {}
+
+    def loader(tensor, kind: str):
+        def load():
+            codes, d, m = read_q4_1(tensor.data)
+            if kind in ("attn_q", "attn_k"):
+                order = _unpermute_rows(codes.shape[0], heads if kind == "attn_q" else kv_heads)
+                codes, d, m = codes[order], d[order], m[order]
+            return codes, d, m + 8 * d
+
+        return load
+
+    loaders = {}
     for tensor in reader.tensors:
         parts = tensor.name.split(".")  # blk.3.ffn_up.weight
         if len(parts) != 4 or parts[0] != "blk" or parts[2] not in _GGUF_NAMES:
             continue
         if tensor.tensor_type != GGMLQuantizationType.Q4_1:
             continue
-        codes, d, m = read_q4_1(tensor.data)
-        if parts[2] in ("attn_q", "attn_k"):
-            order = _unpermute_rows(codes.shape[0], heads if parts[2] == "attn_q" else kv_heads)
-            codes, d, m = codes[order], d[order], m[order]
         name = f"model.layers.{parts[1]}.{_GGUF_NAMES[parts[2]]}.weight"
-        out[name] = (codes, d, m + 8 * d)
-    return out
+        loaders[name] = loader(tensor, parts[2])
+    return _LazyWeights(loaders, reader)
+
+
+INT4_FILE_VERSION = 1
+
+
+def save_int4_weights(weights: Int4Weights, path: Path) -> None:
+    """Write int4 weights to a safetensors file that ``read_int4_weights`` reads back exactly:
+    the codes two to a byte (the first of each pair in the low nibble), scale and zero in
+    float32. Reading it costs neither the ``gguf`` reader (160 MB and 3 s for the built-in
+    model's file, mostly its vocabulary) nor the unpacking of Q4_1 blocks."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, (codes, scale, zero) in weights.items():
+        tensors[f"{name}.codes"] = codes[:, 0::2] | (codes[:, 1::2] << 4)
+        tensors[f"{name}.scale"] = scale.float().contiguous()
+        tensors[f"{name}.zero"] = zero.float().contiguous()
+    save_file(tensors, str(path), metadata={"dungeon-int4": str(INT4_FILE_VERSION)})
+
+
+def read_int4_weights(path: Path) -> Int4Weights | None:
+    """The weights ``save_int4_weights`` wrote, each read when asked for; None for a file of
+    another version (the caller then reads the weights from where they came from)."""
+    from safetensors import safe_open
+
+    try:  # pread: a memory map would keep every page read resident while the reader lives
+        reader = safe_open(str(path), framework="pt", device="cpu", backend="pread")
+    except TypeError:  # safetensors before its pread backend
+        reader = safe_open(str(path), framework="pt", device="cpu")
+    if (reader.metadata() or {}).get("dungeon-int4") != str(INT4_FILE_VERSION):
+        return None
+
+    def loader(name: str):
+        def load():
+            nibbles = reader.get_tensor(f"{name}.codes")
+            codes = torch.stack([nibbles & 0x0F, nibbles >> 4], dim=-1).view(nibbles.shape[0], -1)
+            return codes, reader.get_tensor(f"{name}.scale"), reader.get_tensor(f"{name}.zero")
+
+        return load
+
+    names = [k.removesuffix(".codes") for k in reader.keys() if k.endswith(".codes")]  # noqa: SIM118
+    return _LazyWeights({name: loader(name) for name in sorted(names)}, reader)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,11 +534,20 @@ def choose_mode(requested: str, device: str, *, from_4bit_file: bool) -> str:
     return "none"
 
 
-def quantize_loaded(model: nn.Module, mode: str, *, gguf: Path | None = None) -> str:
-    """Quantize a loaded model in place for ``mode`` (int4 reads ``gguf``'s own 4-bit blocks
-    when given); returns a label for people, such as ``int4`` or ``int4 (lm_head int8)``."""
+def quantize_loaded(
+    model: nn.Module, mode: str, *, gguf: Path | None = None, int4_file: Path | None = None
+) -> str:
+    """Quantize a loaded model in place for ``mode``; returns a label for people, such as
+    ``int4`` or ``int4, lm_head int4+refine``. int4 takes the model's own 4-bit weights from
+    ``int4_file`` (``save_int4_weights``) when it is there and readable, else from ``gguf``'s
+    blocks, when given."""
     exact = None
-    if mode == "int4" and gguf is not None:
+    if mode == "int4" and int4_file is not None and int4_file.is_file():
+        try:
+            exact = read_int4_weights(int4_file)
+        except Exception as err:  # a damaged file: the GGUF has the same weights
+            log.warning("cannot read %s (%s); reading the GGUF file instead", int4_file, err)
+    if mode == "int4" and exact is None and gguf is not None:
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         exact = gguf_int4_weights(gguf, inner.config)
     head = HEAD_MODE if mode == "int4" else None

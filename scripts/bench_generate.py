@@ -18,8 +18,8 @@ one batch over the wall time of 1, on the game's last prompts) and ``perplexity_
 perplexity of the first validation stories with the quantized weights against the dense ones),
 and reports ``quantize`` (what ran).
 
-Each side runs in its own subprocess so that load time and peak memory (ru_maxrss, taken at the
-end of the game) are its own.
+Each side runs in its own subprocess so that load time and peak memory (VmHWM on Linux, else
+ru_maxrss, taken at the end of the game) are its own.
 Prints a table, then, as the last line, one JSON object {"engine": {...}, "baseline": {...}}.
 """
 
@@ -237,6 +237,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+def peak_rss() -> int:
+    """This process's peak resident memory in MB: Linux's VmHWM where there is one (a child's
+    ru_maxrss starts from its parent's resident memory at fork), else ru_maxrss."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return round(int(status.split("VmHWM:")[1].split()[0]) / 1024)
+    except (OSError, IndexError, ValueError):
+        unit = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20)
+
+
 def candidates_ratio(gen, prompts: list[str], seed: int, n: int = 4) -> float:
     """Wall time of ``n`` candidates (one batch) over the wall time of one response, summed
     over ``prompts``; each prompt is generated once first so that both find it cached."""
@@ -360,7 +371,7 @@ def run_side(args) -> dict:
         )
         if args.verbose:
             print(f"[{args.side}] {action} -> {text!r}", file=sys.stderr)
-    peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak_rss_mb = peak_rss()
     extra = {}
     if args.side == "engine":
         extra["quantize"] = dtype.split("+", 1)[1] if "+" in dtype else "none"

@@ -55,6 +55,37 @@ def test_int4_layer_keeps_its_codes_and_matches_its_dequantized_weight():
     assert torch.allclose(y, ref, atol=0.05 * ref.abs().max().item())
 
 
+def test_int4_rounding_in_chunks_of_rows_is_the_same_as_at_once():
+    torch.manual_seed(0)
+    w = torch.randn(37, 64).to(torch.bfloat16)
+    whole = quantize_int4(w, rows=4096)
+    for got, want in zip(quantize_int4(w, rows=5), whole):
+        assert torch.equal(got, want)
+
+
+@needs_int4
+def test_int4_weights_read_back_from_their_file_exactly(tmp_path):
+    from safetensors.torch import save_file
+
+    from dungeon.quantize import read_int4_weights, save_int4_weights
+
+    torch.manual_seed(0)
+    weights = {
+        "model.layers.0.mlp.up_proj.weight": quantize_int4(torch.randn(32, 64)),
+        "model.layers.0.self_attn.q_proj.weight": quantize_int4(torch.randn(16, 96)),
+    }
+    path = tmp_path / "int4.safetensors"
+    save_int4_weights(weights, path)
+    back = read_int4_weights(path)
+    assert sorted(back) == sorted(weights)
+    for name, parts in weights.items():
+        for got, want in zip(back[name], parts):
+            assert torch.equal(got, want.to(got.dtype)) and got.shape == want.shape, name
+    # A file of another version is not read: the caller reads the weights from their source.
+    save_file({"x.codes": torch.zeros(2, 2, dtype=torch.uint8)}, str(path), {"dungeon-int4": "0"})
+    assert read_int4_weights(path) is None
+
+
 @needs_int8
 def test_int8_layer_matches_its_dequantized_weight():
     torch.manual_seed(0)
@@ -248,6 +279,30 @@ def test_decoder_runs_int4_layers_fused(tiny_llama):
     assert torch.allclose(fast, ref, atol=0.1 * ref.abs().max().item())
 
 
+@needs_int4
+def test_a_model_takes_its_4_bit_weights_from_their_file_and_survives_a_damaged_one(
+    tiny_llama, tmp_path, caplog
+):
+    import copy
+
+    from dungeon.quantize import quantize_loaded, save_int4_weights
+
+    name = "model.layers.0.mlp.up_proj.weight"
+    weight = tiny_llama.model.layers[0].mlp.up_proj.weight
+    codes, scale, zero = quantize_int4(weight)
+    codes = 15 - codes  # not what rounding the dense weight gives: shows where they came from
+    path = tmp_path / "int4.safetensors"
+    save_int4_weights({name: (codes, scale, zero)}, path)
+    model = copy.deepcopy(tiny_llama).to(torch.bfloat16)
+    quantize_loaded(model, "int4", int4_file=path)
+    assert torch.equal(model.model.layers[0].mlp.up_proj.codes(), codes)
+    path.write_bytes(b"damaged")
+    model = copy.deepcopy(tiny_llama).to(torch.bfloat16)
+    assert quantize_loaded(model, "int4", int4_file=path).startswith("int4")  # no crash
+    assert "cannot read" in caplog.text
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.codes(), codes)
+
+
 # --- the built-in model's GGUF file -------------------------------------------------------------
 
 needs_builtin = pytest.mark.skipif(
@@ -263,13 +318,15 @@ def test_builtin_4_bit_weights_equal_the_ggufs_dequantized_values():
     from gguf import GGUFReader, quants
     from transformers import AutoConfig
 
-    from dungeon.builtin_model import builtin_gguf_path, ensure_builtin
-    from dungeon.quantize import _GGUF_NAMES, _unpermute_rows, gguf_int4_weights
+    from dungeon.builtin_model import INT4_FILE, builtin_gguf_path, ensure_builtin
+    from dungeon.quantize import _GGUF_NAMES, _unpermute_rows, gguf_int4_weights, read_int4_weights
 
     config = AutoConfig.from_pretrained(ensure_builtin())
     path = builtin_gguf_path()
     exact = gguf_int4_weights(path, config)
     assert len(exact) == 7 * config.num_hidden_layers
+    cached = read_int4_weights(ensure_builtin() / INT4_FILE)
+    assert sorted(cached) == sorted(exact)
     reader = GGUFReader(str(path))
     checked = 0
     for tensor in reader.tensors:
@@ -289,5 +346,10 @@ def test_builtin_4_bit_weights_equal_the_ggufs_dequantized_values():
         assert torch.equal(mine.view(n, k), ref.float()), tensor.name
         layer = Int4Linear.from_codes(codes, scale, zero)
         assert torch.equal(layer.codes(), codes), tensor.name  # packing loses nothing
+        # The copy in the model cache, which a load reads instead of the GGUF file.
+        for got, want in zip(
+            cached[f"model.layers.{parts[1]}.{_GGUF_NAMES[parts[2]]}.weight"], (codes, scale, zero)
+        ):
+            assert torch.equal(got, want), tensor.name
         checked += 1
     assert checked == 21
