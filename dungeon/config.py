@@ -9,11 +9,14 @@ for example::
     max_new_tokens = 60
     color = true
 
-It is read by the command line entry point only, never at import time.
+It is read by the command line entry point only, never at import time. A model may recommend
+sampling settings (its dungeon.json's ``"sampling"``): they sit between the defaults and the
+config file, so they fill only the settings the user did not choose (``sampling_in_effect``).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,6 +31,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = BUILTIN_MODEL
 """The model ``dungeon play`` uses when none is given: the built-in offline base."""
@@ -61,6 +66,12 @@ class PlayOptions:
     seed: int | None = None
     color: bool = True
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    """The sampling settings; ``startup.build_generator`` fills the ones the user did not
+    choose with the model's recommendation (see ``sampling_in_effect``)."""
+    sampling_chosen: frozenset[str] = frozenset()
+    """The sampling keys the user chose in the config file or a flag, even where the value is
+    the default: a model's recommended settings fill only the others. (A key whose value
+    differs from SamplingSettings' default counts as chosen anyway.)"""
     context_budget: int = 1024
     candidates: int = 1
     """Responses written per turn in one batch (flip between them; retry shows the next)."""
@@ -90,7 +101,11 @@ TOP_KEYS = {
 }
 
 
-FLAG_KEYS = SAMPLING_KEYS | {f.name for f in fields(PlayOptions)} - {"sampling", "premise_file"}
+FLAG_KEYS = SAMPLING_KEYS | {f.name for f in fields(PlayOptions)} - {
+    "sampling",
+    "sampling_chosen",
+    "premise_file",
+}
 """Every option a command line may set, by its argparse ``dest``."""
 
 
@@ -130,8 +145,12 @@ def merge(config: dict, flags: dict) -> PlayOptions:
         settings = SamplingSettings().updated(sampling)
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from None
-    known = {f.name for f in fields(PlayOptions)}
-    opts = PlayOptions(**{k: v for k, v in merged.items() if k in known}, sampling=settings)
+    known = {f.name for f in fields(PlayOptions)} - {"sampling_chosen"}
+    opts = PlayOptions(
+        **{k: v for k, v in merged.items() if k in known},
+        sampling=settings,
+        sampling_chosen=frozenset(sampling),
+    )
     if opts.premise_file is not None:
         opts.premise_file = Path(opts.premise_file)
     if opts.quantize not in ("auto", "int4", "int8", "none"):
@@ -145,3 +164,23 @@ def merge(config: dict, flags: dict) -> PlayOptions:
     if not isinstance(opts.state, bool):
         raise ConfigError(f"state must be true or false, got {opts.state!r}")
     return opts
+
+
+def sampling_in_effect(opts: PlayOptions, recommended: dict | None) -> SamplingSettings:
+    """The sampling a game plays with, lowest first: SamplingSettings' defaults, the model's
+    recommendation (``recommended``, already checked), the user's chosen keys (config file,
+    flags). A save's own settings go on top later (``startup.make_game``).
+
+    Where the recommendation and the user's choices do not fit together (a recommended
+    ``max_new_tokens`` below the user's ``min_new_tokens``), the user's settings win alone.
+    """
+    if not recommended:
+        return opts.sampling
+    default = SamplingSettings()
+    mine = opts.sampling.to_dict()
+    chosen = set(opts.sampling_chosen) | {k for k, v in mine.items() if v != getattr(default, k)}
+    try:
+        return default.updated(recommended).updated({k: mine[k] for k in chosen})
+    except (TypeError, ValueError) as err:
+        log.warning("the model's recommended sampling does not fit your settings (%s)", err)
+        return opts.sampling

@@ -27,7 +27,7 @@ import re
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -231,6 +231,46 @@ def check_dungeon_json(folder: Path) -> dict | None:
     return info
 
 
+def check_sampling(data: object) -> tuple[dict, list[str]]:
+    """A model's recommended sampling (dungeon.json's ``"sampling"``) checked key by key with
+    SamplingSettings' own checks: the keys that pass, and one line per key that does not."""
+    if not isinstance(data, dict):
+        return {}, [f"must be a mapping of settings to values, got {data!r}"]
+    kinds = {f.name: str(f.type) for f in fields(SamplingSettings)}
+    good, problems = {}, []
+    for key, value in data.items():
+        kind = kinds.get(key)
+        if kind is None:
+            problems.append(f"no setting {key!r}; settings are: {', '.join(kinds)}")
+            continue
+        wants = bool if kind == "bool" else int if kind == "int" else (int, float)
+        if not isinstance(value, wants) or (kind != "bool" and isinstance(value, bool)):
+            problems.append(f"{key} takes a {kind} value, got {value!r}")
+            continue
+        try:
+            SamplingSettings().updated({key: value})
+        except ValueError as err:
+            problems.append(str(err))
+            continue
+        good[key] = value
+    try:
+        SamplingSettings().updated(good)
+    except ValueError as err:
+        return {}, [*problems, str(err)]
+    return good, problems
+
+
+def recommended_sampling(info: dict, where: Path) -> dict:
+    """The sampling settings a model's dungeon.json recommends ({} for none); a key that fails
+    SamplingSettings' checks is left out with a warning naming the file and the key."""
+    if "sampling" not in info:
+        return {}
+    good, problems = check_sampling(info["sampling"])
+    for problem in problems:
+        log.warning('%s: "sampling": %s (ignored)', Path(where) / DUNGEON_JSON, problem)
+    return good
+
+
 # ---------------------------------------------------------------------------------------------
 # Device and dtype
 
@@ -348,6 +388,53 @@ def _quiet_local_load(local: bool):
             hf_logging.enable_progress_bar()
 
 
+def _read_local_weights(folder: Path, dtype):
+    """A local safetensors model read one tensor at a time; None where that does not apply.
+
+    ``from_pretrained`` memory-maps the weight files, and every page it reads stays in the
+    process's resident memory until the load ends: for the built-in model, its 540 MB float32
+    cache plus the 270 MB bf16 model it builds from it, a peak of 1.14 GB before anything else
+    (docs/models.md). Reading each tensor with ``pread`` into its own buffer instead (the same
+    conversion code, given the tensors as a state dict) holds one float32 tensor at a time: the
+    same weights, bit for bit, for a peak of 0.65 GB.
+    """
+    import transformers
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = json.loads(index.read_text()).get("weight_map", {}).values()
+        files = [folder / name for name in sorted(set(shards))]
+    else:
+        files = [folder / "model.safetensors"]
+    if int(transformers.__version__.split(".")[0]) < 5 or not all(f.is_file() for f in files):
+        return None  # transformers 4 does not take lazy slices as a state dict
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    try:  # safetensors' pread backend is recent
+        with safe_open(str(files[0]), framework="pt", device="cpu", backend="pread"):
+            pass
+    except TypeError:
+        return None
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    # The Auto class deep-copies its arguments, which lazy tensor slices refuse: ask it for the
+    # model class, then load with that class.
+    model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    if model_class is None:
+        return None
+    with contextlib.ExitStack() as files_open:
+        state = {}
+        for file in files:
+            reader = files_open.enter_context(
+                safe_open(str(file), framework="pt", device="cpu", backend="pread")
+            )
+            state.update({key: reader.get_slice(key) for key in reader.keys()})  # noqa: SIM118
+        lm = model_class.from_pretrained(None, config=config, state_dict=state, dtype=dtype)
+    if (folder / "generation_config.json").is_file():
+        lm.generation_config = GenerationConfig.from_pretrained(folder)
+    return lm
+
+
 def _load_remote(url, adapter, tokenizer, settings, context_window):
     """A model on an inference server (``load_generator("http://host:port/v1")``)."""
     from dungeon.remote import load_remote
@@ -394,7 +481,7 @@ def load_generator(
     default) leaves it as it is, so a program that embeds the engine keeps its own setting;
     ``dungeon play`` and ``dungeon eval`` pass default_threads(). ``merge_adapter`` folds
     LoRA weights into the base for speed (None: merged unless the weights are quantized, where
-    the adapter runs as a bf16 side path next to the 4-bit products). ``quantize`` is
+    the adapter runs as a float32 side path next to the 4-bit products). ``quantize`` is
     ``auto``, ``int4``, ``int8`` or ``none``: weight-only quantized decode on the CPU
     (dungeon.quantize.choose_mode says what ``auto`` picks). ``progress`` receives short status messages (the
     first use of the built-in model converts it, under a minute). Raises ModelNotFoundError or
@@ -428,9 +515,15 @@ def load_generator(
     report(progress, f"Finding {name}", log)
     base = resolve_base(name, progress=progress)
     base_dir = Path(base)
+    base_info: dict = {}
     if base_dir.is_dir():
         _check_model_folder(base_dir, allow_pickle)
-        check_dungeon_json(base_dir)
+        base_info = check_dungeon_json(base_dir) or {}
+    # The model's recommended sampling (its dungeon.json); the adapter's wins over its base's,
+    # and stands alone where the two do not fit together.
+    recommended = recommended_sampling(adapter_info, adapter_dir) if adapter_dir else {}
+    both, clash = check_sampling({**recommended_sampling(base_info, base_dir), **recommended})
+    recommended = recommended if clash else both
 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -453,12 +546,14 @@ def load_generator(
     tokenizer = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=False)
     try:
         with _quiet_local_load(base_dir.is_dir()):
-            lm = AutoModelForCausalLM.from_pretrained(
-                base,
-                dtype=getattr(torch, placement.dtype),
-                trust_remote_code=False,
-                use_safetensors=None if allow_pickle else True,
-            )
+            lm = _read_local_weights(base_dir, getattr(torch, placement.dtype))
+            if lm is None:
+                lm = AutoModelForCausalLM.from_pretrained(
+                    base,
+                    dtype=getattr(torch, placement.dtype),
+                    trust_remote_code=False,
+                    use_safetensors=None if allow_pickle else True,
+                )
     except OSError as err:
         if not allow_pickle and "safetensors" in str(err).lower():
             raise UnsafeModelError(
@@ -487,12 +582,18 @@ def load_generator(
     merged_adapter = adapter_dir is not None and not unmerged_adapter
     half_decode = bool(placement.decode_dtype) and not unmerged_adapter and quant == "none"
     if quant != "none":
-        from dungeon.builtin_model import builtin_gguf_path
+        from dungeon.builtin_model import INT4_FILE, builtin_gguf_path
         from dungeon.quantize import quantize_loaded
 
-        # The built-in base's own 4-bit blocks, unless a merged adapter changed the weights.
-        gguf = builtin_gguf_path() if from_4bit_file and not merged_adapter else None
-        quant = quantize_loaded(lm, quant, gguf=gguf)
+        # The built-in base's own 4-bit blocks (cached next to its weights, else read from its
+        # GGUF file), unless a merged adapter changed the weights.
+        own_blocks = from_4bit_file and not merged_adapter
+        quant = quantize_loaded(
+            lm,
+            quant,
+            gguf=builtin_gguf_path() if own_blocks else None,
+            int4_file=base_dir / INT4_FILE if own_blocks else None,
+        )
     if half_decode:
         from dungeon.cpu_decode import add_decode_weights
 
@@ -505,10 +606,11 @@ def load_generator(
         lm,
         tokenizer,
         name=label,
-        settings=settings,
+        settings=settings or SamplingSettings().updated(recommended),
         context_window=context_window,
         reuse_cache=reuse_cache,
     )
+    gen.recommended_sampling = recommended  # startup.build_generator puts the user's on top
     if half_decode:
         gen.precision = f"{placement.dtype}+{placement.decode_dtype} decode"
     elif quant != "none":

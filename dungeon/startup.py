@@ -21,7 +21,7 @@ from pathlib import Path
 from dungeon import saves
 from dungeon.builtin_model import BUILTIN_MODEL
 from dungeon.cleanup import sanitize
-from dungeon.config import PlayOptions
+from dungeon.config import PlayOptions, sampling_in_effect
 from dungeon.context import ContextSettings
 from dungeon.game import Game, GameSettings
 from dungeon.generator import FakeGenerator, Generator
@@ -59,7 +59,12 @@ def shipped_adapter(model: str) -> str | None:
 
 
 def build_generator(opts: PlayOptions, progress: Callable[..., None] | None = None) -> Generator:
-    """The generator the options ask for. ``fake`` needs no model (for demos and tests)."""
+    """The generator the options ask for. ``fake`` needs no model (for demos and tests).
+
+    The model's recommended sampling (its dungeon.json's ``"sampling"``) fills the sampling
+    keys the user did not choose: ``opts.sampling`` is updated to the settings in effect, so
+    every front end (and a save's settings on top, in ``make_game``) starts from them.
+    """
     if opts.model == "fake":
         return FakeGenerator(settings=opts.sampling)
     from dungeon import models  # heavy: torch and transformers
@@ -70,7 +75,7 @@ def build_generator(opts: PlayOptions, progress: Callable[..., None] | None = No
     elif adapter is None:
         adapter = shipped_adapter(opts.model)
     threads = opts.threads if opts.threads is not None else models.default_threads()
-    return models.load_generator(
+    generator = models.load_generator(
         opts.model,
         adapter=adapter,
         device=opts.device,
@@ -82,6 +87,10 @@ def build_generator(opts: PlayOptions, progress: Callable[..., None] | None = No
         progress=progress,
         **({"tokenizer": opts.tokenizer} if opts.tokenizer else {}),
     )
+    recommended = getattr(generator, "recommended_sampling", None)
+    if recommended:
+        opts.sampling = generator.settings = sampling_in_effect(opts, recommended)
+    return generator
 
 
 def model_info(generator: Generator, opts: PlayOptions) -> dict:

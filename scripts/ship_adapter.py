@@ -1,12 +1,15 @@
 """Ship a trained LoRA run as the package's default adventure adapter.
 
     python scripts/ship_adapter.py runs/adventure [--dest dungeon/adapters/adventure]
+    python scripts/ship_adapter.py runs/adventure --sampling temperature=0.5
 
 finetune.py saves the trainable LoRA weights in fp32. This copies a finished LoRA run of the
 built-in base into the package with its weights in 16-bit safetensors (fp16 by default: the
 LoRA factors are small numbers, where fp16 keeps three more bits than bf16), plus
 adapter_config.json, dungeon.json (story format, settings, results), the model card and the
 loss curve. The tokenizer is left out: the adapter adds no tokens, so play takes the base's.
+``--sampling KEY=VALUE`` (repeatable) writes the model's recommended play settings into the
+shipped dungeon.json (``"sampling"``): play uses them where the user chose nothing else.
 
 It refuses a run that is not a LoRA adapter of the built-in base, an unfinished run, or a
 result over the size limit, and it replaces the destination folder only once the new one is
@@ -26,6 +29,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
 from dungeon.builtin_model import BUILTIN_MODEL  # noqa: E402
+from dungeon.generator import SamplingSettings  # noqa: E402
+from dungeon.models import check_sampling  # noqa: E402
 
 MAX_BYTES = 20 * 1024 * 1024
 COPIED = ("adapter_config.json", "dungeon.json", "README.md", "loss.png")
@@ -58,6 +63,27 @@ def problems(run: Path) -> list[str]:
     return found
 
 
+def parse_sampling(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs as recommended sampling settings, checked as play checks them;
+    raises ValueError naming every bad pair."""
+    values, found = {}, []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            found.append(f"--sampling {pair!r}: write KEY=VALUE, e.g. temperature=0.5")
+            continue
+        try:
+            values[key] = getattr(SamplingSettings().with_value(key, raw.strip()), key)
+        except ValueError as err:
+            found.append(f"--sampling {pair!r}: {err}")
+    if not found:
+        found = [f"--sampling: {problem}" for problem in check_sampling(values)[1]]
+    if found:
+        raise ValueError("; ".join(found))
+    return values
+
+
 def to_16bit(src: Path, dst: Path, dtype: str) -> dict:
     """Write ``src``'s tensors to ``dst`` in 16 bits; return the largest rounding error."""
     import torch
@@ -79,16 +105,30 @@ def to_16bit(src: Path, dst: Path, dtype: str) -> dict:
     return {"tensors": len(out), "parameters": count, "max_abs_rounding_error": worst}
 
 
-def shipped_note(run: Path, dtype: str) -> str:
+def shipped_note(run: Path, dtype: str, sampling: dict | None = None) -> str:
+    flags = "".join(f" --sampling {k}={v}" for k, v in (sampling or {}).items())
+    advice = (
+        f" It recommends {', '.join(f'{k} = {v}' for k, v in sampling.items())} for play "
+        "(dungeon.json's `sampling`; a config file or flag still wins)."
+        if sampling
+        else ""
+    )
     return (
         "\n## Shipped in the package\n\n"
-        f"Copied from `{run}` with `python scripts/ship_adapter.py {run} --dtype {dtype}`: "
+        f"Copied from `{run}` with `python scripts/ship_adapter.py {run} --dtype {dtype}{flags}`: "
         f"the LoRA weights in {dtype} safetensors. `dungeon play` uses this adapter by default "
-        f"on `{BUILTIN_MODEL}`; `dungeon play --no-adapter` plays the raw base.\n"
+        f"on `{BUILTIN_MODEL}`; `dungeon play --no-adapter` plays the raw base.{advice}\n"
     )
 
 
-def ship(run: Path, dest: Path, dtype: str) -> dict:
+def write_sampling(path: Path, sampling: dict) -> None:
+    """Put the recommended sampling into a dungeon.json (replacing any it had)."""
+    info = json.loads(path.read_text(encoding="utf-8"))
+    info["sampling"] = sampling
+    path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def ship(run: Path, dest: Path, dtype: str, sampling: dict | None = None) -> dict:
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -97,10 +137,12 @@ def ship(run: Path, dest: Path, dtype: str) -> dict:
         for name in COPIED:
             if (run / name).is_file():
                 shutil.copy2(run / name, tmp / name)
+        if sampling:
+            write_sampling(tmp / "dungeon.json", sampling)
         card = tmp / "README.md"
         if card.is_file():
             with open(card, "a", encoding="utf-8") as f:
-                f.write(shipped_note(run, dtype))
+                f.write(shipped_note(run, dtype, sampling))
         size = sum(p.stat().st_size for p in tmp.iterdir())
         if size > MAX_BYTES:
             raise ValueError(
@@ -116,7 +158,7 @@ def ship(run: Path, dest: Path, dtype: str) -> dict:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {**info, "dtype": dtype, "bytes": size, "dest": str(dest)}
+    return {**info, "dtype": dtype, "bytes": size, "dest": str(dest), "sampling": sampling or {}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,14 +171,27 @@ def main(argv: list[str] | None = None) -> int:
         help="where the package looks for its adapter (default: %(default)s)",
     )
     p.add_argument("--dtype", choices=DTYPES, default="fp16")
+    p.add_argument(
+        "--sampling",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a recommended play setting written into dungeon.json, e.g. temperature=0.5 "
+        "(repeatable; keys as in `dungeon play`'s config file)",
+    )
     args = p.parse_args(argv)
+    try:
+        sampling = parse_sampling(args.sampling)
+    except ValueError as err:
+        print(f"ship_adapter: {err}", file=sys.stderr)
+        return 2
     found = problems(args.run)
     if found:
         for line in found:
             print(f"ship_adapter: {line}", file=sys.stderr)
         return 2
     try:
-        result = ship(args.run, args.dest, args.dtype)
+        result = ship(args.run, args.dest, args.dtype, sampling)
     except (ValueError, OSError) as err:
         print(f"ship_adapter: {err}", file=sys.stderr)
         return 2

@@ -2,7 +2,8 @@
 
 import pytest
 
-from dungeon.config import ConfigError, merge, read_config
+from dungeon.config import ConfigError, PlayOptions, merge, read_config, sampling_in_effect
+from dungeon.generator import SamplingSettings
 
 
 def test_config_file_and_flags(tmp_path):
@@ -48,3 +49,33 @@ def test_quantize_is_an_option_and_is_checked(tmp_path):
     assert merge(read_config(cfg), {"quantize": "none"}).quantize == "none"  # a flag wins
     with pytest.raises(ConfigError, match="quantize must be auto, int4, int8 or none"):
         merge({"quantize": "int2"}, {})
+
+
+# --- the model's recommended sampling under the user's choices ---------------------------------
+
+ADVICE = {"temperature": 0.5, "top_p": 0.85}
+
+
+def test_the_model_s_recommendation_fills_what_the_user_did_not_choose(tmp_path):
+    in_effect = sampling_in_effect(merge({}, {"top_k": 20}), ADVICE)
+    assert (in_effect.temperature, in_effect.top_p, in_effect.top_k) == (0.5, 0.85, 20)
+    assert sampling_in_effect(merge({}, {}), {}) == SamplingSettings()
+
+
+def test_a_chosen_value_beats_the_recommendation_even_when_it_is_the_default(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("temperature = 0.8\n")  # the default, written out: still the user's choice
+    from_file = merge(read_config(cfg), {"temperature": None})
+    assert from_file.sampling_chosen == {"temperature"}
+    assert sampling_in_effect(from_file, ADVICE).temperature == 0.8
+    from_flag = merge({}, {"top_p": 0.92})  # --top-p 0.92, the default
+    assert sampling_in_effect(from_flag, ADVICE).top_p == 0.92
+    assert sampling_in_effect(from_flag, ADVICE).temperature == 0.5
+    # A front end that builds its options itself keeps any value it changed.
+    mine = PlayOptions(sampling=SamplingSettings(temperature=1.1))
+    assert sampling_in_effect(mine, ADVICE).temperature == 1.1
+
+
+def test_a_recommendation_that_clashes_with_the_user_s_choices_gives_way():
+    opts = merge({}, {"min_new_tokens": 30})
+    assert sampling_in_effect(opts, {"max_new_tokens": 20}) == opts.sampling

@@ -121,3 +121,12 @@ def test_eval_plays_with_play_settings_and_records_them(scripts, capsys):
     assert chosen["state"] is False and chosen["context_budget"] == 300
     assert main([*argv, "--candidates", "99"]) == 2
     assert "candidates must be between 1 and 8" in capsys.readouterr().err
+
+
+def test_eval_plays_at_a_given_temperature_and_records_the_sampling(scripts, capsys):
+    argv = ["eval", "--model", "fake", "--no-perplexity", "--playtests", str(scripts)]
+    assert main([*argv, "--temperature", "0.5", "--top-p", "0.9"]) == 0
+    sampling = figures(capsys)["sampling"]
+    assert (sampling["temperature"], sampling["top_p"], sampling["top_k"]) == (0.5, 0.9, 50)
+    assert main([*argv, "--temperature", "7"]) == 2
+    assert "temperature must be between 0 and 5, got 7" in capsys.readouterr().err

@@ -117,6 +117,32 @@ def test_loads_a_local_folder(tiny_gpt2):
     assert gen.generate(PROMPT, seed=1, settings=settings) == text
 
 
+@pytest.mark.parametrize("shards", [False, True])
+def test_a_local_folder_read_one_tensor_at_a_time_has_from_pretrained_s_weights(
+    tiny_gpt2, tmp_path, shards
+):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = tiny_gpt2
+    if shards:  # model-0000x-of-0000y.safetensors and their index
+        folder = tmp_path / "sharded"
+        AutoModelForCausalLM.from_pretrained(tiny_gpt2).save_pretrained(
+            folder, max_shard_size="100KB"
+        )
+        assert (folder / "model.safetensors.index.json").is_file()
+    read = models._read_local_weights(folder, torch.bfloat16)
+    if read is None:
+        pytest.skip("this transformers or safetensors reads a folder with from_pretrained only")
+    plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+    mine, theirs = read.state_dict(), plain.state_dict()
+    assert sorted(mine) == sorted(theirs)
+    for key, weight in theirs.items():
+        assert mine[key].dtype == weight.dtype and mine[key].equal(weight), key
+    assert read.lm_head.weight.data_ptr() == read.transformer.wte.weight.data_ptr()  # still tied
+    assert read.generation_config.eos_token_id == plain.generation_config.eos_token_id
+
+
 def test_refuses_pickle_only_weights_unless_allowed(tiny_gpt2, tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -308,6 +334,30 @@ def test_builtin_conversion_is_atomic(tmp_path, monkeypatch):
     assert builtin_model.ensure_builtin() == folder  # cached: no second conversion
 
 
+def test_a_cache_from_another_version_is_rebuilt(tmp_path, monkeypatch):
+    """A cache written before the 4-bit weights were cached (version 1) is converted again,
+    not trusted: the new conversion writes them."""
+    monkeypatch.setenv("DUNGEON_CACHE_DIR", str(tmp_path))
+    old = builtin_model.builtin_dir()
+    old.mkdir(parents=True)
+    (old / "config.json").write_text("{}")
+    (old / "model.safetensors").write_bytes(b"old")
+    stamp = {"sha256": builtin_model.BUILTIN_SHA256, "version": 1}
+    (old / builtin_model.CACHE_STAMP).write_text(json.dumps(stamp))
+
+    def converted(gguf, out, steps):
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_bytes(b"new")
+        (out / builtin_model.INT4_FILE).write_bytes(b"int4")
+
+    monkeypatch.setattr(builtin_model, "_convert_gguf", converted)
+    folder = builtin_model.ensure_builtin(progress=lambda message: None)
+    assert (folder / "model.safetensors").read_bytes() == b"new"
+    assert (folder / builtin_model.INT4_FILE).is_file()
+    stamp = json.loads((folder / builtin_model.CACHE_STAMP).read_text())
+    assert stamp["version"] == builtin_model.BUILTIN_CACHE_VERSION > 1
+
+
 @pytest.mark.slow
 def test_builtin_model_loads_from_the_cache_quickly():
     builtin_model.ensure_builtin()
@@ -335,3 +385,70 @@ def test_builtin_cache_matches_the_gguf_weights():
     ids = torch.tensor([[1, 504, 3458, 314, 253, 1345]])
     with torch.inference_mode():
         assert torch.allclose(direct(ids).logits, cached(ids).logits, atol=1e-4)
+
+
+# VmHWM, not ru_maxrss: a child's ru_maxrss starts from its parent's resident memory at fork,
+# and pytest's process may hold a model of its own.
+PEAK_RSS_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from dungeon.models import load_generator
+from dungeon.startup import shipped_adapter
+gen = load_generator("smollm2-135m", adapter=shipped_adapter("smollm2-135m"), threads=1)
+prompt = "The rain has not stopped for three days. " * 110 + "\\n\\n> You open the door.\\n"
+gen.generate(prompt, seed=0)
+status = open("/proc/self/status").read()
+print(int(status.split("VmHWM:")[1].split()[0]) // 1024)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads Linux's VmHWM")
+def test_playing_the_builtin_model_stays_under_1_gb():
+    """Issue 11's memory target: load (the shipped adapter on the 4-bit weights) and a turn of
+    about 1,000 tokens of context, in a process of its own, peak resident memory under 1 GB."""
+    builtin_model.ensure_builtin()
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_SCRIPT, str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    peak_mb = int(done.stdout.split()[-1])
+    assert peak_mb < 1000, f"peak RSS {peak_mb} MB"
+
+
+# --- a model's recommended sampling (dungeon.json's "sampling") -------------------------------
+
+
+def test_recommended_sampling_is_checked_key_by_key():
+    good, problems = models.check_sampling(
+        {"temperature": 0.5, "top_k": "many", "top_p": 2.0, "warmth": 1, "ban_marker": True}
+    )
+    assert good == {"temperature": 0.5, "ban_marker": True}
+    assert [p.split()[0] for p in problems] == ["top_k", "top_p", "no"]
+    assert "warmth" in problems[2]
+    assert models.check_sampling({"min_new_tokens": 90})[0] == {}  # over max_new_tokens (80)
+    assert models.check_sampling([0.5])[0] == {}
+
+
+def test_the_adapter_s_recommendation_wins_and_a_bad_key_warns_and_is_ignored(
+    tiny_gpt2, tiny_lora, tmp_path, caplog
+):
+    fmt = FormatSpec().to_dict()
+    base = copy_model(tiny_gpt2, tmp_path / "base")
+    (base / "dungeon.json").write_text(
+        json.dumps({"format": fmt, "sampling": {"temperature": 0.6, "top_p": 0.85}})
+    )
+    adapter = copy_model(tiny_lora, tmp_path / "adapter")
+    (adapter / "dungeon.json").write_text(
+        json.dumps({"format": fmt, "sampling": {"temperature": 0.5, "top_k": -3}})
+    )
+    with caplog.at_level(logging.WARNING, logger="dungeon.models"):
+        gen = load_generator(base, adapter=adapter, device="cpu", dtype="float32")
+    assert gen.recommended_sampling == {"temperature": 0.5, "top_p": 0.85}
+    assert (gen.settings.temperature, gen.settings.top_p, gen.settings.top_k) == (0.5, 0.85, 50)
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert str(adapter / "dungeon.json") in warning and "top_k" in warning
+    assert "ignored" in warning

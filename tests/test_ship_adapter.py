@@ -107,3 +107,37 @@ def test_the_shipped_adapter_is_16bit_small_and_made_for_the_built_in_base():
         info["kind"] == "lora"
         and info["results"]["perplexity_after"] < info["results"]["perplexity_before"]
     )
+
+
+def test_ship_writes_the_recommended_sampling_into_dungeon_json(
+    ship_script, tiny_gpt2, tiny_lora, tmp_path
+):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_lora, run)
+    (run / "dungeon.json").write_text(json.dumps({"version": 1, "base": "tiny"}))
+    (run / "README.md").write_text("# tiny\n")
+    sampling = ship_script.parse_sampling(["temperature=0.5", "top_k = 40"])
+    assert sampling == {"temperature": 0.5, "top_k": 40}
+    dest = tmp_path / "adventure"
+    assert ship_script.ship(run, dest, "fp16", sampling)["sampling"] == sampling
+    info = json.loads((dest / "dungeon.json").read_text())
+    assert info == {"version": 1, "base": "tiny", "sampling": sampling}
+    assert "--sampling temperature=0.5 --sampling top_k=40" in (dest / "README.md").read_text()
+    gen = load_generator(tiny_gpt2, adapter=dest, device="cpu", dtype="float32")
+    assert (gen.settings.temperature, gen.settings.top_k) == (0.5, 40)  # play reads it back
+
+
+def test_a_bad_sampling_is_refused_before_anything_is_written(ship_script, tmp_path, capsys):
+    with pytest.raises(ValueError) as refused:
+        ship_script.parse_sampling(["temperature=hot", "warmth=2", "top_p", "top_k=5"])
+    message = str(refused.value)
+    assert "temperature takes a float value, got 'hot'" in message
+    assert "no setting 'warmth'" in message and "write KEY=VALUE" in message
+    with pytest.raises(ValueError, match="temperature must be between 0 and 5, got 9"):
+        ship_script.parse_sampling(["temperature=9"])
+    with pytest.raises(ValueError, match="min_new_tokens must be between 0 and max_new_tokens"):
+        ship_script.parse_sampling(["min_new_tokens=50", "max_new_tokens=20"])
+    dest = tmp_path / "a"
+    assert ship_script.main([str(tmp_path), "--dest", str(dest), "--sampling", "top_p=0"]) == 2
+    assert "top_p must be in (0, 1], got 0.0" in capsys.readouterr().err
+    assert not dest.exists()

@@ -127,3 +127,37 @@ def test_build_generator_passes_the_play_options_to_the_loader(monkeypatch):
     assert seen["adapter"] is not None and seen["adapter"].endswith("adventure")  # shipped
     build_generator(PlayOptions(model="smollm2-135m", adapter="none"))
     assert seen["adapter"] is None and seen["quantize"] == "auto"
+
+
+def test_the_model_s_recommended_sampling_is_in_effect_under_the_user_s_and_a_save_s(
+    monkeypatch, capsys
+):
+    from dungeon import models
+    from dungeon.commands import dispatch
+    from dungeon.config import merge
+    from dungeon.startup import build_generator, make_game
+
+    def load(model, **kw):  # a model whose dungeon.json recommends temperature 0.5
+        generator = FakeGenerator(settings=kw["settings"])
+        generator.recommended_sampling = {"temperature": 0.5, "top_k": 20}
+        return generator
+
+    monkeypatch.setattr(models, "load_generator", load)
+    opts = merge({}, {"model": "smollm2-135m", "top_k": 50})  # --top-k 50: the default, chosen
+    generator = build_generator(opts)
+    assert (opts.sampling.temperature, opts.sampling.top_k) == (0.5, 50)
+    assert generator.settings == opts.sampling  # serve's and eval's figures read these
+    start = start_from_options(PlayOptions(scenario="fantasy", seed=1))
+    session = open_session(generator, start, opts, PlainOutput())
+    assert session.game.sampling.temperature == 0.5
+    capsys.readouterr()
+    dispatch(session, "/settings")
+    assert "0.5" in next(
+        line for line in capsys.readouterr().out.splitlines() if "temperature" in line
+    )
+
+    chosen = merge({"temperature": 0.8}, {"model": "smollm2-135m"})  # config file: the default
+    build_generator(chosen)
+    assert chosen.sampling.temperature == 0.8
+    saved = make_game(generator, Story(premise="You wait."), opts, {"temperature": 1.2})
+    assert saved.sampling.temperature == 1.2  # a save's own settings beat the model's

@@ -3,6 +3,7 @@
     dungeon eval [--model smollm2-135m] [--adapter DIR | --no-adapter] [--seed 0]
     dungeon eval --continuity-only        # only the continuity probes (a quicker run)
     dungeon eval --judge MODEL | --no-adherence
+    dungeon eval --temperature 0.5        # play settings: --candidates, --picker, --top-p, ...
     dungeon eval --rescore REPORT         # measure a saved --report again, with no model
 
 A summary table, then one JSON line; the continuity probes that failed, and why, on stderr.
@@ -19,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dungeon.builtin_model import BUILTIN_MODEL
-from dungeon.config import PlayOptions
+from dungeon.config import merge
 from dungeon.evaluation.measures import PlaytestResult, TurnRecord
 from dungeon.evaluation.perplexity import PERPLEXITY_WINDOW, held_out_texts, perplexity
 from dungeon.evaluation.playtests import load_playtests, rescore, run_playtests
@@ -30,6 +31,10 @@ from dungeon.story import Story
 PLAY_FLAGS = ("candidates", "picker", "state", "context_budget")
 """The play settings eval takes as flags (and records in its figures); the rest are play's
 defaults, so eval plays as ``dungeon play`` does."""
+SAMPLING_FLAGS = ("temperature", "top_p", "repetition_penalty")
+"""The sampling settings eval takes as flags, by play's names; the others (and these where
+not given) are the model's recommendation over SamplingSettings' defaults, as in play. The
+figures record every sampling setting in effect."""
 DEFAULT_JUDGE = BUILTIN_MODEL
 """The adherence judge: the raw built-in base, loaded without any adapter."""
 
@@ -84,6 +89,13 @@ def add_eval_parser(sub) -> None:
     g.add_argument(
         "--context-budget", type=int, dest="context_budget", help="prompt tokens (play: 1024)"
     )
+    g.add_argument(
+        "--temperature",
+        type=float,
+        help="randomness, 0 (greedy) to 5 (default: the model's recommendation, else 0.8)",
+    )
+    g.add_argument("--top-p", type=float, dest="top_p", help="nucleus sampling mass, (0, 1]")
+    g.add_argument("--repetition-penalty", type=float, dest="repetition_penalty", help="1.0 = off")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--report", type=Path, help="also write every turn to this JSONL file")
@@ -111,11 +123,10 @@ def cmd_eval(args) -> int:
     from dungeon.startup import build_generator, make_game  # as play does
 
     started = time.perf_counter()
-    play = {k: getattr(args, k) for k in PLAY_FLAGS if getattr(args, k) is not None}
-    opts = PlayOptions(
-        model=args.model, adapter=args.adapter, device=args.device, dtype=args.dtype, **play
-    )
+    flags = {k: getattr(args, k) for k in (*PLAY_FLAGS, *SAMPLING_FLAGS)}
+    flags.update(model=args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
     try:  # bad scripts, a bad report, a bad corpus or bad settings fail before the model loads
+        opts = merge({}, flags)  # no config file: eval's figures depend on its flags alone
         if args.rescore:
             lines = args.rescore.read_text(encoding="utf-8").splitlines()
             result = rescore(lines, load_playtests(args.playtests))
@@ -141,6 +152,7 @@ def cmd_eval(args) -> int:
         "seed": args.seed,
         "load_s": round(load_s, 2),
         **{k: getattr(opts, k) for k in PLAY_FLAGS},
+        "sampling": opts.sampling.to_dict(),  # in effect: the flags over the model's advice
     }
     judge = None
     if not args.no_playtest and not args.no_adherence:  # loaded now: a missing judge fails fast
@@ -198,6 +210,9 @@ def print_figures(figures: dict) -> None:
     """The summary table, then the figures as one JSON line."""
     print(f"{'measure':<26}{'value':>12}")
     for k, v in figures.items():
-        if k not in ("model", "judge", "report"):
+        if k == "sampling":
+            for key in SAMPLING_FLAGS:
+                print(f"{key:<26}{v[key]!s:>12}")
+        elif k not in ("model", "judge", "report"):
             print(f"{k:<26}{v!s:>12}")
     print(json.dumps(figures))
