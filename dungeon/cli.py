@@ -111,7 +111,12 @@ def _play_parser(sub) -> argparse.ArgumentParser:
     )
 
     s = p.add_argument_group("sampling (also changeable in play with /set)")
-    s.add_argument("--temperature", type=float, help="randomness, 0 (greedy) to 5; default 0.8")
+    s.add_argument(
+        "--temperature",
+        type=float,
+        help="randomness, 0 (greedy) to 5; default: the model's recommendation (its "
+        "dungeon.json), else 0.8",
+    )
     s.add_argument("--top-k", type=int, dest="top_k", help="keep the k likeliest tokens (0 = off)")
     s.add_argument("--top-p", type=float, dest="top_p", help="nucleus sampling mass, (0, 1]")
     s.add_argument(

@@ -18,6 +18,7 @@ stories, with a LoRA on every projection. The real built-in model runs in a slow
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -494,3 +495,17 @@ def test_shipped_adapter_exports_to_gguf_that_matches_play(tmp_path, capsys, one
     assert (expected.argmax(-1) == got.argmax(-1)).float().mean() > 0.9
     meta, _ = gguf_fields(gguf_out)
     assert meta["llama.block_count"] == 30 and meta["tokenizer.ggml.eos_token_id"] == 2
+
+
+def test_merged_folder_keeps_the_recommended_sampling(tiny_lora, tmp_path, capsys):
+    from dungeon.models import check_dungeon_json
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_lora, run)
+    info = json.loads((run / "dungeon.json").read_text())
+    info["sampling"] = {"temperature": 0.5}
+    (run / "dungeon.json").write_text(json.dumps(info))
+    out = tmp_path / "merged"
+    code, _, err = run_cli(capsys, run, "--merged", out)
+    assert code == 0, err
+    assert check_dungeon_json(out)["sampling"] == {"temperature": 0.5}

@@ -86,8 +86,8 @@ def estimated_bytes(source: Source, dtype: str = "auto") -> int:
 def dungeon_json(source: Source, dtype: str, command: list[str] | None) -> dict:
     """The run's dungeon.json with kind ``merged`` and an ``export`` record.
 
-    play reads ``format`` (dungeon.models.check_dungeon_json); ``training`` and ``results`` are
-    the run's own, kept so the folder still says how it was made.
+    play reads ``format`` (dungeon.models.check_dungeon_json) and the recommended ``sampling``;
+    ``training`` and ``results`` are the run's own, kept so the folder still says how it was made.
     """
     from dungeon import __version__
 
@@ -99,7 +99,7 @@ def dungeon_json(source: Source, dtype: str, command: list[str] | None) -> dict:
         "base": source.base,
         "kind": kind,
     }
-    for key in ("training", "results"):
+    for key in ("sampling", "training", "results"):
         if key in info:
             meta[key] = info[key]
     meta["export"] = {
