@@ -158,9 +158,9 @@ def _play_parser(sub) -> argparse.ArgumentParser:
     s.add_argument(
         "--picker",
         choices=PICKERS,
-        help="which candidate is shown: 'first' (default), 'story' (the one that answers "
-        "the action best without repeating itself) or 'adherence' (the one the model finds "
-        "most tied to the action; local models)",
+        help="which of several candidates is shown: 'adherence' (default: the one the model "
+        "finds most tied to your action; with a remote model, as 'story'), 'story' (the one "
+        "that takes up the action's words without repeating itself) or 'first' (as written)",
     )
 
     p.add_argument(

@@ -75,9 +75,10 @@ class PlayOptions:
     context_budget: int = 1024
     candidates: int = 1
     """Responses written per turn in one batch (flip between them; retry shows the next)."""
-    picker: str = "first"
-    """Which candidate is shown first: 'first' (as written), 'story' or 'adherence'
-    (dungeon.picker)."""
+    picker: str = "adherence"
+    """Which of several candidates is shown: 'adherence' (the model's own pick, falling back to
+    'story' where the backend cannot score), 'story' or 'first' (as written); dungeon.picker.
+    With one candidate there is nothing to pick."""
     state: bool = True
     """Put the world's state (inventory, condition, people, places) into the model's context."""
 
