@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
 
 from dungeon.builtin_model import BUILTIN_MODEL  # noqa: E402
 from dungeon.generator import SamplingSettings  # noqa: E402
-from dungeon.models import check_sampling  # noqa: E402
+from dungeon.model_info import check_sampling  # noqa: E402
 
 MAX_BYTES = 20 * 1024 * 1024
 COPIED = ("adapter_config.json", "dungeon.json", "README.md", "loss.png")

@@ -86,7 +86,7 @@ def estimated_bytes(source: Source, dtype: str = "auto") -> int:
 def dungeon_json(source: Source, dtype: str, command: list[str] | None) -> dict:
     """The run's dungeon.json with kind ``merged`` and an ``export`` record.
 
-    play reads ``format`` (dungeon.models.check_dungeon_json) and the recommended ``sampling``;
+    play reads ``format`` (dungeon.model_info.check_dungeon_json) and the recommended ``sampling``;
     ``training`` and ``results`` are the run's own, kept so the folder still says how it was made.
     """
     from dungeon import __version__
