@@ -55,3 +55,22 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         raise SystemExit("usage: python -m dungeon.tiny OUT_DIR")
     print(make_tiny_gpt2(Path(sys.argv[1])))
+
+
+def make_tiny_llama(vocab_size: int, *, seed: int = 0, **config):
+    """A tiny random Llama (2 layers, hidden 64, 4 query heads over 2 key/value heads: the
+    built-in base's grouped attention in miniature), in eval mode. ``config`` overrides or adds
+    LlamaConfig fields (token ids, tied embeddings)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, **{**shape, **config})).eval()

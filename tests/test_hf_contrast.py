@@ -43,24 +43,10 @@ def gpt2(tiny_gpt2) -> TransformersGenerator:
 
 def tiny_llama_generator(lora: bool = False) -> TransformersGenerator:
     """A tiny random Llama (GQA) on the GPT-2 tokenizer: it runs on LlamaDecoder."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from dungeon.tiny import load_gpt2_tokenizer
+    from dungeon.tiny import load_gpt2_tokenizer, make_tiny_llama
 
     tok = load_gpt2_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
+    model = make_tiny_llama(len(tok), tie_word_embeddings=True, eos_token_id=tok.eos_token_id)
     if lora:
         from peft import LoraConfig, get_peft_model
 

@@ -164,20 +164,9 @@ def test_quantize_auto_keeps_full_precision_for_models_not_from_a_4_bit_file(tin
 
 @pytest.fixture(scope="module")
 def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from dungeon.tiny import make_tiny_llama
 
-    config = LlamaConfig(
-        vocab_size=320,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
+    return make_tiny_llama(320, tie_word_embeddings=True)
 
 
 def test_decoder_logits_match_transformers(tiny_llama):

@@ -23,27 +23,13 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def tiny_llama():
     """A TransformersGenerator over a tiny random Llama, on LlamaDecoder as the built-in is."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from dungeon.hf_generator import TransformersGenerator
-    from dungeon.tiny import load_gpt2_tokenizer
+    from dungeon.tiny import load_gpt2_tokenizer, make_tiny_llama
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     tok = load_gpt2_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.eos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
+    model = make_tiny_llama(len(tok), bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
     settings = SamplingSettings(max_new_tokens=16, min_new_tokens=2)
     gen = TransformersGenerator(model, tok, name="tiny-llama", settings=settings, fast_decode=True)
     yield gen
