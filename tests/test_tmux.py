@@ -73,7 +73,7 @@ def test_a_real_session_in_tmux(tmux):
     play = [sys.executable, "-m", "dungeon", "play", "--scenario", "fantasy", "--seed", "3"]
     command = shlex.join(["env", *(f"{k}={v}" for k, v in env.items()), *play, "--model", "fake"])
     command += "; echo EXIT=$?; sleep 60"  # keep the pane open to read the last screen
-    tmux("new-session", "-d", "-s", "game", "-x", "90", "-y", "40", "-c", str(ROOT), command)
+    tmux("new-session", "-d", "-s", "game", "-x", "90", "-y", "60", "-c", str(ROOT), command)
 
     screen = tmux.wait_for("Type what you do")
     assert "turn 0" in screen and "temp 0.8" in screen  # the bottom toolbar
