@@ -10,6 +10,7 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from dungeon import saves
 from dungeon.cli import main
@@ -19,6 +20,19 @@ def test_binding_another_address_without_a_key_is_refused(capsys):
     assert main(["serve", "--model", "fake", "--host", "0.0.0.0"]) == 2
     err = capsys.readouterr().err
     assert "--api-key" in err and "Traceback" not in err
+
+
+def test_the_picker_flag_reaches_the_games_options(capsys):
+    from dungeon.cli import build_parser
+    from dungeon.config import merge, option_flags
+
+    args = build_parser().parse_args(["serve", "--model", "fake", "--picker", "first"])
+    assert merge({}, option_flags(args)).picker == "first"
+    assert merge({}, option_flags(build_parser().parse_args(["serve"]))).picker == "adherence"
+    with pytest.raises(SystemExit) as refused:
+        build_parser().parse_args(["serve", "--picker", "best"])
+    assert refused.value.code == 2
+    assert "invalid choice: 'best'" in capsys.readouterr().err
 
 
 def test_a_short_api_key_is_refused(capsys):

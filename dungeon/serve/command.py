@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from dungeon.config import DEFAULT_MODEL, config_file, merge, option_flags, read_config
+from dungeon.picker import PICKERS
 
 from .settings import DEFAULT_HOST, DEFAULT_PORT
 
@@ -111,6 +112,12 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--ban-marker", action="store_const", const=True, dest="ban_marker")
     s.add_argument("--context-budget", type=int, dest="context_budget")
     s.add_argument("--candidates", type=int, help="responses per turn for new games (1-8)")
+    s.add_argument(
+        "--picker",
+        choices=PICKERS,
+        help="which of a turn's candidates a game shows first: 'adherence' (default; the "
+        "server's batching backend cannot score, so it picks as 'story'), 'story' or 'first'",
+    )
     p.add_argument("--config", type=Path, help=f"config file to read (default {config_file()})")
     p.set_defaults(func=cmd_serve)
     return p
