@@ -212,6 +212,13 @@ class FusedProduct:
         return y
 
 
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (Llama's rotate-half form) of ``x`` with the given tables."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
 class LlamaDecoder:
     """The forward pass of a Llama-family causal LM with a batched key/value cache."""
 
@@ -293,11 +300,15 @@ class LlamaDecoder:
             shape = (len(self.layers), 2, 1, self.kv_heads, cap, self.head_dim)
             # Only the shared positions are in the cache (a fork's own ones are in branch).
             self.cache = self._grown(self.cache, shape, self.shared, self.dtype)
-        if self._cos.shape[0] < need:
-            self._tables(max(need, min(2 * self._cos.shape[0], self.window), 256))
+        self.rotary_upto(need)
 
-    def _tables(self, n: int) -> None:
-        self._cos, self._sin = self.rotary_tables(n)
+    def rotary_upto(self, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's rotary (cos, sin) tables, grown (and kept) to cover positions
+        0..end-1: what the one-row path, the forked rows and dungeon.hf_contrast index."""
+        if self._cos.shape[0] < end:
+            n = max(end, min(2 * self._cos.shape[0], self.window), 256)
+            self._cos, self._sin = self.rotary_tables(n)
+        return self._cos, self._sin
 
     def rotary_tables(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """New rotary (cos, sin) tables for positions 0..n-1, (n, head_dim) each."""
@@ -332,11 +343,6 @@ class LlamaDecoder:
             self.branch, self.shared = [], self.length
 
     # --- the forward pass -----------------------------------------------------------------
-    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
-
     def _branch_attention(self, q, cache, branch, own: int) -> torch.Tensor:
         """One query position per row: attention over the shared prompt and the row's own
         positions, merged by log-sum-exp."""
@@ -370,8 +376,7 @@ class LlamaDecoder:
             if own > room:
                 shape = (len(self.layers), 2, rows, self.kv_heads, 2 * room, self.head_dim)
                 self.branch = self._grown(self.branch, shape, own - 1, self.dtype)
-            if self._cos.shape[0] < end:
-                self._tables(max(end, min(2 * self._cos.shape[0], self.window)))
+            self.rotary_upto(end)
         else:
             self._ensure(end)
         h_q, h_kv, d = self.heads, self.kv_heads, self.head_dim
@@ -390,7 +395,7 @@ class LlamaDecoder:
         ):
             h = F.rms_norm(x, (x.shape[-1],), ln1, self.eps)
             y = qkv(h).view(rows, t, h_q + 2 * h_kv, d)
-            qk = self._rope(y[:, :, : h_q + h_kv], cos, sin)
+            qk = rope(y[:, :, : h_q + h_kv], cos, sin)
             if branch is not None:
                 branch[0, :, :, own - 1 : own].copy_(qk[:, :, h_q:].transpose(1, 2))
                 branch[1, :, :, own - 1 : own].copy_(y[:, :, h_q + h_kv :].transpose(1, 2))
@@ -465,7 +470,7 @@ class LlamaDecoder:
         for (ln1, qkv, o, ln2, gate_up, down), layer_kv in zip(self.layers, kv):
             h = F.rms_norm(x, (x.shape[-1],), ln1, self.eps)
             y = (qkv.each_row(h) if step else qkv(h)).view(n_rows, t, h_q + 2 * h_kv, d)
-            qk = self._rope(y[:, :, : h_q + h_kv], cos, sin)
+            qk = rope(y[:, :, : h_q + h_kv], cos, sin)
             k_new, v_new = qk[:, :, h_q:], y[:, :, h_q + h_kv :]  # (rows, t, h_kv, d)
             if not step:
                 r, s = rows[0], starts[0]

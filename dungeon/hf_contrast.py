@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from dungeon.cpu_decode import full_precision
-from dungeon.fast_decode import LlamaDecoder
+from dungeon.fast_decode import LlamaDecoder, rope
 
 HEAD_CHUNK = 256
 """Positions per output-layer product (bounds the float32 logits held at once)."""
@@ -144,12 +144,11 @@ def _llama_forward(dec, rows: list[list[int]], past, start: int, *, keep: bool):
     row_of = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(lengths))
     offset = torch.cat([torch.arange(k) for k in lengths])
     end = start + max(lengths)
-    if dec._cos.shape[0] < end:
-        dec._tables(max(end, min(2 * dec._cos.shape[0], dec.window), 256))
+    cos_table, sin_table = dec.rotary_upto(end)
     h_q, h_kv, d = dec.heads, dec.kv_heads, dec.head_dim
     groups = h_q // h_kv
-    cos = dec._cos[start + offset].view(1, n, 1, d)
-    sin = dec._sin[start + offset].view(1, n, 1, d)
+    cos = cos_table[start + offset].view(1, n, 1, d)
+    sin = sin_table[start + offset].view(1, n, 1, d)
     # Attention in two parts merged by log-sum-exp: the past, which every token sees whole
     # (the queries of all rows in one product), and each row's own tokens, causal (the rows
     # padded to the longest: a real token never sees a pad after it).
@@ -161,7 +160,7 @@ def _llama_forward(dec, rows: list[list[int]], past, start: int, *, keep: bool):
     for (ln1, qkv, o, ln2, gate_up, down), (pk, pv) in zip(dec.layers, past):
         h = F.rms_norm(x, (x.shape[-1],), ln1, dec.eps)
         y = qkv(h).view(1, n, h_q + 2 * h_kv, d)
-        qk = dec._rope(y[:, :, : h_q + h_kv], cos, sin)[0]
+        qk = rope(y[:, :, : h_q + h_kv], cos, sin)[0]
         q = qk[:, :h_q].view(n, h_kv, groups, d)
         k, v = qk[:, h_q:], y[0, :, h_q + h_kv :]  # (n, h_kv, d)
         if keep:
