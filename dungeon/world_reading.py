@@ -122,55 +122,58 @@ _TAKE = "|".join(
         reverse=True,
     )
 ).replace("_", " ")
+_CLAUSE = r"(?:^|\band |\bthen |, )(?:you )?(?:\w+ly )?"
+"""Where an action's clause starts: the line, "and", "then" or a comma, an optional "you" and
+an adverb ("then carefully take ...")."""
 _ADD_RE = re.compile(
     rf"(?:^|\band |\bthen |, |; )(?:you )?(?:\w+ly )?(?P<verb>{_TAKE}) (?P<obj>[^,;.!?]+)",
     re.IGNORECASE,
 )
 _PICK_UP_AFTER = re.compile(
-    r"(?:^|\band |\bthen |, )(?:you )?(?:\w+ly )?pick (?P<obj>(?:the|a|an|your|my|some) [^,;.!?]+?) up\b",
+    _CLAUSE + r"pick (?P<obj>(?:the|a|an|your|my|some) [^,;.!?]+?) up\b",
     re.IGNORECASE,
 )
 _KEEP_VERBS = re.compile(
-    r"(?:^|\band |\bthen |, )(?:you )?(?:\w+ly )?(?:use|show|hold up|raise|wield|light|load|"
+    _CLAUSE + r"(?:use|show|hold up|raise|wield|light|load|"
     r"ready|check|read|consult|wave|brandish|point|clutch|grip|put on|wear|tuck|"
     r"tighten|unwrap|sharpen|strap on|fill|refill|reload|wind|polish) (?P<obj>(?:your|my) [^,;.!?]+)",
     re.IGNORECASE,
 )
 _STORE = re.compile(
-    r"(?:^|\band |\bthen |, )(?:you )?(?:\w+ly )?(?:put|place|slip|tuck|stuff|stow|hide|drop)"
+    _CLAUSE + r"(?:put|place|slip|tuck|stuff|stow|hide|drop)"
     r" (?P<obj>[^,;.!?]+?) (?:in|into|inside|under|behind|on|onto) (?:your|my) "
     r"(?:pocket|pockets|bag|pack|backpack|satchel|coat|jacket|belt|boot|boots|sleeve|purse|"
     r"pouch|shirt|apron|rucksack|knapsack|haversack|wallet|vest|waistband|sack|basket|hat)\b",
     re.IGNORECASE,
 )
 _WEAR = re.compile(
-    r"(?:^|\band |\bthen |, )(?:you )?(?:\w+ly )?(?:put on|pull on|don) (?P<obj>[^,;.!?]+)",
+    _CLAUSE + r"(?:put on|pull on|don) (?P<obj>[^,;.!?]+)",
     re.IGNORECASE,
 )
 _DROP_RE = re.compile(
-    r"(?:^|\band |\bthen |, )(?:you )?(?:\w+ly )?(?P<verb>throw away|hand over|hand in|give up|"
+    _CLAUSE + r"(?P<verb>throw away|hand over|hand in|give up|"
     r"put down|set down|lay down|pour out|drop|drops|discard|leave|throws|throw|tosses|toss|"
     r"hurl|fling|eats|eat|sells|sell|bury|burn|plant|feed|spend)"
     r" (?P<obj>[^,;.!?]+)",
     re.IGNORECASE,
 )
 _PUT_RE = re.compile(
-    r"(?:^|\band |\bthen |, )(?:you )?(?:\w+ly )?(?:put|place|set|lay|hang|stand|prop|wedge|"
+    _CLAUSE + r"(?:put|place|set|lay|hang|stand|prop|wedge|"
     r"slide|insert|push|jam|leave) (?P<obj>[^,;.!?]+?) (?:in|into|on|onto|under|inside|"
     r"behind|beside|against|through|down)\b(?! (?:your|my)\b)",
     re.IGNORECASE,
 )
 _PUT_DOWN_AFTER = re.compile(
-    r"(?:^|\band |\bthen |, )(?:you )?(?:\w+ly )?(?:put|set|lay) (?P<obj>(?:the|a|an|your|my) [^,;.!?]+?) down\b",
+    _CLAUSE + r"(?:put|set|lay) (?P<obj>(?:the|a|an|your|my) [^,;.!?]+?) down\b",
     re.IGNORECASE,
 )
 _GIVE_TO = re.compile(
-    r"(?:^|\band |\bthen |, )(?:you )?(?:\w+ly )?(?:give|gives|hand|hands|pass|passes|throw|"
+    _CLAUSE + r"(?:give|gives|hand|hands|pass|passes|throw|"
     r"toss|sell|slide|return|take|bring|deliver|lend|trade) (?P<obj>[^,;.!?]+?) (?:back )?"
     rf"to (?P<who>{NAME}|him|her|them|(?:the|your) (?:[a-z]+ )?(?:{PERSON_NOUNS}))\b",
 )
 _GIVE_WHO = re.compile(
-    r"(?:^|\band |\bthen |, )(?:you )?(?:\w+ly )?(?:give|gives|hand|hands|pass|passes|toss|"
+    _CLAUSE + r"(?:give|gives|hand|hands|pass|passes|toss|"
     r"sell|lend|bring|throw) "
     rf"(?P<who>{NAME}|him|her|them|(?:the|your) (?:[a-z]+ )?(?:{PERSON_NOUNS})) "
     r"(?P<obj>(?:the|a|an|your|my|some|his|her|their|this|that|these|those|[a-z]+ )[^,;.!?]*)",
