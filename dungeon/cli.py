@@ -139,6 +139,12 @@ def _play_parser(sub) -> argparse.ArgumentParser:
         help="forbid the model from starting a player line at all",
     )
     s.add_argument(
+        "--guidance",
+        type=float,
+        help="action guidance, 0 (off) to 5: lean each response toward what the action asked "
+        "for (a second cache row per response); default: the model's recommendation, else 0",
+    )
+    s.add_argument(
         "--context-budget", type=int, dest="context_budget", help="prompt tokens (default 1024)"
     )
     s.add_argument(

@@ -13,7 +13,9 @@ gpt-fast style:
   (its A matrices concatenated, its B matrices as a batch of blocks, the scaling folded in).
 
 Products over more than ``quantize.QUANT_ROWS`` rows (prefill) use the dense weights.
-Every row of a batch has the same length: the rows of a batch are candidates for one prompt.
+The rows of a batch share the prompt's cache: candidates for one prompt (``fork``), or prompts
+that differ only in their last tokens, such as the player's action and a neutral one for
+action guidance (``fork_tails``; each row then holds its own number of positions).
 
     dec = LlamaDecoder.from_model(model)      # a transformers LlamaForCausalLM (or peft on one)
     logits = dec.forward(torch.tensor([ids]))  # (rows, vocab) logits of the last position
@@ -253,9 +255,11 @@ class LlamaDecoder:
         self._cos = self._sin = torch.empty(0)
         self.cache: list[torch.Tensor] = []  # per layer: (2, 1, kv_heads, capacity, head_dim)
         self.branch: list[torch.Tensor] = []  # per layer: (2, rows, kv_heads, capacity, head_dim)
-        self.length = 0  # positions every row has
+        self.length = 0  # positions every row has (the longest row's, after fork_tails)
         self.shared = 0  # of which in ``cache`` (all of them without a fork)
         self.rows = 1
+        self.own: torch.Tensor | None = None
+        """After ``fork_tails``: how many positions each row holds in ``branch`` (rows,)."""
 
     @classmethod
     def from_model(cls, model: nn.Module) -> LlamaDecoder:
@@ -270,20 +274,26 @@ class LlamaDecoder:
     # merged by their log-sum-exp), and dropping a finished row copies only its branch.
     def reset(self) -> None:
         self.cache, self.branch, self.length, self.shared, self.rows = [], [], 0, 0, 1
+        self.own = None
 
     def crop(self, length: int) -> None:
         """Keep the first ``length`` positions (of the one row, or of the shared prompt)."""
         if self.branch:
             if length > self.shared:
                 raise ValueError("crop a forked cache with select first")
-            self.branch, self.rows = [], 1
+            self.branch, self.rows, self.own = [], 1, None
         self.length = self.shared = min(self.length, max(0, length))
 
     @staticmethod
-    def _grown(old: list[torch.Tensor], shape, used: int, dtype) -> list[torch.Tensor]:
+    def _grown(
+        old: list[torch.Tensor], shape, used: int, dtype, *, zero: bool = False
+    ) -> list[torch.Tensor]:
+        # ``zero`` for rows of their own lengths: a masked position is still read, and memory
+        # never written may hold a NaN that poisons the attention even with weight 0.
         new = []
+        make = torch.zeros if zero else torch.empty
         for i in range(len(old) if old else shape[0]):
-            fresh = torch.empty(shape[1:], dtype=dtype)
+            fresh = make(shape[1:], dtype=dtype)
             if old and used:
                 fresh[..., :used, :].copy_(old[i][..., :used, :])
             new.append(fresh)
@@ -326,6 +336,43 @@ class LlamaDecoder:
         self.branch = self._grown([], shape, 0, self.dtype)
         self.rows = rows
 
+    def fork_tails(self, tails: list[list[int]]) -> torch.Tensor:
+        """From one cached row (the shared start of several prompts) to one row per tail: row
+        ``r`` holds the cached positions, then ``tails[r]``. Tails may differ in length; a
+        step then takes one token per row, each at its own position. Returns each row's
+        next-token logits, (rows, vocab) float32.
+
+        Each tail runs as a prompt's end runs on the one-row path (its last token on its own),
+        so a row's logits are those of its whole prompt there; equal tails run once."""
+        if self.rows != 1 or self.branch:
+            raise ValueError("fork_tails needs a one-row cache")
+        if not tails or any(not tail for tail in tails):
+            raise ValueError("fork_tails needs at least one tail, each of one token or more")
+        shared = self.length
+        longest = max(len(tail) for tail in tails)
+        shape = (len(self.layers), 2, len(tails), self.kv_heads, longest + 64, self.head_dim)
+        branch = self._grown([], shape, 0, self.dtype, zero=True)
+        logits: list[torch.Tensor] = []
+        first: dict[tuple[int, ...], int] = {}
+        for r, tail in enumerate(tails):
+            n = len(tail)
+            seen = first.setdefault(tuple(tail), r)
+            if seen != r:
+                for b in branch:
+                    b[:, r, :, :n].copy_(b[:, seen, :, :n])
+                logits.append(logits[seen])
+                continue
+            if n > 1:
+                self.forward(torch.tensor([tail[:-1]], dtype=torch.long))
+            logits.append(self.forward(torch.tensor([tail[-1:]], dtype=torch.long))[0])
+            for b, c in zip(branch, self.cache):
+                b[:, r, :, :n].copy_(c[:, 0, :, shared : shared + n])
+            self.crop(shared)
+        self.branch, self.rows, self.shared = branch, len(tails), shared
+        self.own = torch.tensor([len(tail) for tail in tails])
+        self.length = shared + longest
+        return torch.stack(logits)
+
     def select(self, rows: list[int]) -> None:
         """Keep only the given rows, in that order (one row left: back to a one-row cache)."""
         if not self.branch:
@@ -335,23 +382,27 @@ class LlamaDecoder:
         index = torch.tensor(rows, dtype=torch.long)
         self.branch = [b.index_select(1, index) for b in self.branch]
         self.rows = len(rows)
+        if self.own is not None:
+            self.own = self.own[index]
+            self.length = self.shared + int(self.own.max())
         if self.rows == 1:  # fold the branch back into the one-row cache
             own = self.length - self.shared
             self._ensure(self.length)
             for c, b in zip(self.cache, self.branch):
                 c[:, :, :, self.shared : self.length].copy_(b[:, :, :, :own])
-            self.branch, self.shared = [], self.length
+            self.branch, self.shared, self.own = [], self.length, None
 
     # --- the forward pass -----------------------------------------------------------------
-    def _branch_attention(self, q, cache, branch, own: int) -> torch.Tensor:
+    def _branch_attention(self, q, cache, branch, own: int, mask=None) -> torch.Tensor:
         """One query position per row: attention over the shared prompt and the row's own
-        positions, merged by log-sum-exp."""
+        positions (the first ``own``; ``mask`` hides a shorter row's unused ones), merged by
+        log-sum-exp."""
         rows, h_kv, groups, d = q.shape
         shared_q = q.transpose(0, 1).reshape(1, h_kv, rows * groups, d)
         o1, l1 = _flash(shared_q, cache[0, :, :, : self.shared], cache[1, :, :, : self.shared])
         o1 = o1.view(h_kv, rows, groups, d).transpose(0, 1)
         l1 = l1.view(h_kv, rows, groups).transpose(0, 1)
-        o2, l2 = _flash(q, branch[0, :, :, :own], branch[1, :, :, :own])
+        o2, l2 = _flash(q, branch[0, :, :, :own], branch[1, :, :, :own], mask)
         w = torch.sigmoid(l1 - l2).unsqueeze(-1).to(o2.dtype)
         return torch.lerp(o2, o1, w)
 
@@ -371,18 +422,27 @@ class LlamaDecoder:
         if rows != self.rows or (forked and t != 1):
             raise ValueError(f"{rows} rows of {t} tokens for a cache of {self.rows} rows")
         if forked:
-            own = end - self.shared
+            own = end - self.shared  # positions in the (longest) row's branch after this step
             room = self.branch[0].shape[3]
             if own > room:
                 shape = (len(self.layers), 2, rows, self.kv_heads, 2 * room, self.head_dim)
-                self.branch = self._grown(self.branch, shape, own - 1, self.dtype)
+                ragged = self.own is not None
+                self.branch = self._grown(self.branch, shape, own - 1, self.dtype, zero=ragged)
             self.rotary_upto(end)
         else:
             self._ensure(end)
         h_q, h_kv, d = self.heads, self.kv_heads, self.head_dim
         cos = self._cos[start:end].view(1, t, 1, d)
         sin = self._sin[start:end].view(1, t, 1, d)
-        mask = None
+        mask = branch_mask = None
+        at = self.own  # rows of their own lengths (fork_tails): where each row's token goes
+        if at is not None:
+            cos = self._cos[self.shared + at].view(rows, 1, 1, d)
+            sin = self._sin[self.shared + at].view(rows, 1, 1, d)
+            hide = torch.arange(own)[None] > at[:, None]  # a shorter row's unused positions
+            branch_mask = torch.zeros(hide.shape, dtype=self.dtype).masked_fill_(hide, -math.inf)
+            branch_mask = branch_mask.view(rows, 1, 1, own)
+            row_index = torch.arange(rows)
         if t > 1:
             mask = torch.ones(t, end, dtype=torch.bool).tril(diagonal=start)
         x = F.embedding(ids, self.embed)  # (rows, t, hidden)
@@ -397,10 +457,15 @@ class LlamaDecoder:
             y = qkv(h).view(rows, t, h_q + 2 * h_kv, d)
             qk = rope(y[:, :, : h_q + h_kv], cos, sin)
             if branch is not None:
-                branch[0, :, :, own - 1 : own].copy_(qk[:, :, h_q:].transpose(1, 2))
-                branch[1, :, :, own - 1 : own].copy_(y[:, :, h_q + h_kv :].transpose(1, 2))
+                if at is None:
+                    branch[0, :, :, own - 1 : own].copy_(qk[:, :, h_q:].transpose(1, 2))
+                    branch[1, :, :, own - 1 : own].copy_(y[:, :, h_q + h_kv :].transpose(1, 2))
+                else:
+                    branch[0, row_index, :, at] = qk[:, 0, h_q:]
+                    branch[1, row_index, :, at] = y[:, 0, h_q + h_kv :]
                 q = qk[:, 0, :h_q].reshape(rows, h_kv, groups, d)
-                a = self._branch_attention(q, cache, branch, own).reshape(n, h_q * d)
+                a = self._branch_attention(q, cache, branch, own, branch_mask)
+                a = a.reshape(n, h_q * d)
             else:
                 cache[0, :, :, start:end].copy_(qk[:, :, h_q:].transpose(1, 2))
                 cache[1, :, :, start:end].copy_(y[:, :, h_q + h_kv :].transpose(1, 2))
@@ -426,6 +491,8 @@ class LlamaDecoder:
         self.length = end
         if not forked:
             self.shared = end
+        if at is not None:
+            self.own = at + 1
         last = x.view(rows, t, -1)[:, -1]
         last = F.rms_norm(last, (last.shape[-1],), self.norm, self.eps)
         return self.head(last).float()
@@ -508,6 +575,7 @@ class LlamaDecoder:
         return (self.head.each_row(last) if step else self.head(last)).float()
 
 
-def _flash(q, k, v):
-    """Attention output and its log-sum-exp (torch's CPU flash-attention kernel)."""
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[:2]
+def _flash(q, k, v, mask=None):
+    """Attention output and its log-sum-exp (torch's CPU flash-attention kernel); ``mask`` is
+    added to the scores."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)[:2]

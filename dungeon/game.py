@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from dungeon.actions import Action, make_action
 from dungeon.cleanup import clean_response, loop_score, sanitize, stream_view
 from dungeon.context import Context, ContextSettings, build_context
+from dungeon.contrast import guidance_contrast
 from dungeon.format import Mode, turn_prefix
 from dungeon.generator import Generator, SamplingSettings, stream_rows
 from dungeon.story import Candidate, Story, Turn, WorldEntry
@@ -317,6 +318,8 @@ class Game:
             raise ValueError(f"candidates must be between 1 and {MAX_CANDIDATES}, got {n}")
         context = self._context(turn_prefix(action, mode), turns)
         recent = [t.response for t in turns[-self.settings.loop_window :]] if turns else []
+        info = PickInfo(action, mode, context, tuple(recent))
+        contrast = guidance_contrast(info) if self.sampling.guidance else None
         threshold = self.settings.loop_threshold
         best: tuple[float, Candidate] | None = None
         for attempt in range(self.settings.max_attempts):
@@ -326,7 +329,9 @@ class Game:
                 for i in range(n)
             ]
             raws, shown, abandoned = [""] * n, "", False
-            rows = stream_rows(self.generator, context.text, seeds=seeds, settings=self.sampling)
+            rows = stream_rows(
+                self.generator, context.text, seeds=seeds, settings=self.sampling, contrast=contrast
+            )
             try:
                 for row, piece in rows:
                     raws[row] += piece
@@ -363,7 +368,7 @@ class Game:
                 usable = [best[1]]  # the least repetitive of the attempts
             if not usable:
                 continue
-            chosen = self._pick(PickInfo(action, mode, context, tuple(recent)), usable)
+            chosen = self._pick(info, usable)
             for i, c in enumerate(usable):
                 c.shown = i == chosen
             pick = usable[chosen]

@@ -42,6 +42,11 @@ class SamplingSettings:
     """The end-of-text token is not allowed before this many new tokens."""
     ban_marker: bool = False
     """Forbid the tokens that start a player line, so the model cannot act for the player."""
+    guidance: float = 0.0
+    """Action guidance (0 = off): each token's logit gains this times how much more likely the
+    token is after the player's action than after a neutral one ("You look around."), so the
+    text leans toward what the action asked for. Costs a second cache row per response;
+    backends without it (remote, the server's batch) ignore it."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -61,6 +66,8 @@ class SamplingSettings:
             problems.append(f"repetition_window must be 0 or more, got {self.repetition_window}")
         if not 1 <= self.max_new_tokens <= 4096:
             problems.append(f"max_new_tokens must be between 1 and 4096, got {self.max_new_tokens}")
+        if not 0.0 <= self.guidance <= 5.0:
+            problems.append(f"guidance must be between 0 (off) and 5, got {self.guidance}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             problems.append(
                 f"min_new_tokens must be between 0 and max_new_tokens ({self.max_new_tokens}), "
@@ -153,6 +160,26 @@ class BatchGenerator(Protocol):
         ...
 
 
+@runtime_checkable
+class GuidedGenerator(Protocol):
+    """A Generator that can guide its text toward the player's action (optional; see
+    ``SamplingSettings.guidance``). ``contrast`` is ``prompt`` with the action line swapped
+    for a neutral one; at each step a response's logits gain ``guidance`` times the
+    difference of its next-token log-probabilities after the two."""
+
+    def stream_guided(
+        self,
+        prompt: str,
+        contrast: str,
+        *,
+        seeds: Sequence[int],
+        settings: SamplingSettings | None = None,
+        stop: Sequence[str] = STOP_STRINGS,
+    ) -> Iterator[tuple[int, str]]:
+        """(row, piece) pairs as ``stream_batch`` yields them."""
+        ...
+
+
 def stream_rows(
     generator: Generator,
     prompt: str,
@@ -160,10 +187,18 @@ def stream_rows(
     seeds: Sequence[int],
     settings: SamplingSettings | None = None,
     stop: Sequence[str] = STOP_STRINGS,
+    contrast: str | None = None,
 ) -> Iterator[tuple[int, str]]:
     """(row, piece) pairs for one response per seed: one batch where the backend is a
     BatchGenerator, else one ``stream`` per seed in turn (each closed, even when the caller
-    stops early)."""
+    stops early). With ``contrast`` (the prompt with a neutral action) and guidance on, a
+    GuidedGenerator guides the batch; other backends write unguided text."""
+    guidance = (settings or generator.settings).guidance
+    if contrast is not None and guidance > 0 and isinstance(generator, GuidedGenerator):
+        yield from generator.stream_guided(
+            prompt, contrast, seeds=seeds, settings=settings, stop=stop
+        )
+        return
     if len(seeds) > 1 and isinstance(generator, BatchGenerator):
         yield from generator.stream_batch(prompt, seeds=seeds, settings=settings, stop=stop)
         return

@@ -17,7 +17,10 @@ The model runs behind a *runner* that owns the cache (dungeon.hf_cache): LlamaDe
 (dungeon.fast_decode) for Llama-family models on the CPU, HFRunner (transformers' forward)
 otherwise. ``stream_batch`` writes one response per seed to the same prompt in one batch: the
 cache forks into rows after the prefill, each row samples with its own seeded generator, and a
-row that ends leaves the batch.
+row that ends leaves the batch. ``stream_guided`` adds action guidance: the cache forks
+after the part the prompt shares with a contrast prompt (a neutral action in place of the
+player's), each response gets a second row on the contrast's own tail, and both rows take the
+response's tokens (``LlamaDecoder.fork_tails`` holds rows of different lengths).
 
 A Ctrl-C in the middle of a forward pass leaves the cache marked unknown (``_row_ids`` is
 None while the model runs), and the next call simply starts from an empty cache.
@@ -37,7 +40,7 @@ from dungeon.cpu_decode import has_decode_weights
 from dungeon.format import STOP_STRINGS
 from dungeon.generator import PromptHoldback, SamplingSettings
 from dungeon.hf_cache import HFRunner
-from dungeon.sampling import marker_token_ids, pick_token
+from dungeon.sampling import guide, marker_token_ids, pick_token
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +196,7 @@ class TransformersGenerator:
         self._vocab: list[str] | None = None
         self._stop_tables: dict[tuple[str, ...], tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
         self._counts: OrderedDict[str, int] = OrderedDict()
+        self._warned_guidance = False
 
     # --- tokens ---------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -319,6 +323,14 @@ class TransformersGenerator:
             self.runner.select(rows)
             self._row_ids = [held[r] for r in rows]
 
+    def _fork_tails(self, tails: list[list[int]]) -> torch.Tensor:
+        """From the one-row cache to one row per tail after it; each row's next logits."""
+        held, self._row_ids = self._row_ids, None
+        assert held is not None and len(held) == 1
+        logits = self.runner.fork_tails(tails)
+        self._row_ids = [held[0] + tail for tail in tails]
+        return logits
+
     def _prefill(self, ids: list[int]) -> tuple[torch.Tensor, int]:
         """Bring the cache to ``ids`` and return the next-token logits and the reused count."""
         keep = 0
@@ -366,27 +378,60 @@ class TransformersGenerator:
             ids = ids[-room:]
         return ids
 
+    def _contrast_tails(
+        self, ids: list[int], contrast: str | None, settings: SamplingSettings
+    ) -> tuple[int, list[int]] | None:
+        """For action guidance: (tokens the prompt shares with the contrast prompt, the
+        contrast's own tail), or None to write unguided text."""
+        if contrast is None or settings.guidance == 0.0:
+            return None
+        if not hasattr(self.runner, "fork_tails"):
+            if not self._warned_guidance:
+                log.warning("action guidance needs a Llama-family model on the CPU; ignored")
+                self._warned_guidance = True
+            return None
+        other = self.encode(contrast)
+        shared = common_prefix(ids, other)
+        if shared == 0 or shared in (len(ids), len(other)) or len(other) > len(ids) + 64:
+            return None  # nothing shared, or no tail of its own to contrast
+        return shared, other[shared:]
+
     def _rows(
-        self, prompt: str, seeds: Sequence[int], settings: SamplingSettings, stop: Sequence[str]
+        self,
+        prompt: str,
+        seeds: Sequence[int],
+        settings: SamplingSettings,
+        stop: Sequence[str],
+        contrast: str | None = None,
     ) -> Iterator[tuple[int, str]]:
-        """The generation loop for one prompt and one row per seed: ``(row, piece)`` pairs."""
+        """The generation loop for one prompt and one row per seed: ``(row, piece)`` pairs.
+        With ``contrast`` and guidance on, each response has a second cache row that follows
+        the contrast prompt with the same tokens (``sampling.guide``)."""
         if not seeds:
             return
         started = time.perf_counter()
         stats = self.last_stats = GenerationStats(rows=len(seeds))
         ids = self._prompt_ids(prompt, settings)
         stats.prompt_tokens = len(ids)
+        guided = self._contrast_tails(ids, contrast, settings)
         with torch.inference_mode():
-            logits, stats.reused_tokens = self._prefill(ids)
+            if guided is None:
+                logits, stats.reused_tokens = self._prefill(ids)
+            else:
+                shared, other = guided
+                _, stats.reused_tokens = self._prefill(ids[:shared])
+                tails = [ids[shared:]] * len(seeds) + [other] * len(seeds)
+                logits = self._fork_tails(tails)
         stops = tuple(s for s in stop if s)
         longest = max((len(s) for s in stops), default=1)
         rows = [_Row(self.tokenizer, ids, prompt, seed, settings, stops, longest) for seed in seeds]
         marker = self.marker_ids if settings.ban_marker else None
-        if len(rows) > 1:
+        # Guided: already one cache row per response, then one per response's contrast.
+        if guided is None and len(rows) > 1:
             with torch.inference_mode():
                 self._reshape_rows(len(rows))
             logits = logits.expand(len(rows), -1).clone()  # picking changes a row in place
-        else:
+        elif guided is None:
             logits = logits[None]
         active = list(range(len(rows)))  # which row each cache row is
         first_token_at = None
@@ -401,9 +446,11 @@ class TransformersGenerator:
                 else:
                     banned = marker
                 with torch.inference_mode():
-                    token = pick_token(
-                        logits[pos], settings, row.rng, recent=row.recent, banned=banned
-                    )
+                    scores = logits[pos]
+                    if guided is not None:
+                        contrast = logits[len(active) + pos]
+                        scores = guide(scores, contrast, settings.guidance, banned=banned)
+                    token = pick_token(scores, settings, row.rng, recent=row.recent, banned=banned)
                 if first_token_at is None:
                     first_token_at = time.perf_counter()
                     stats.ttft_s = first_token_at - started
@@ -426,6 +473,12 @@ class TransformersGenerator:
             if not going:
                 break
             with torch.inference_mode():
+                if guided is not None:  # a response and its contrast row take the same token
+                    if len(going) < len(active):
+                        self._reshape_rows(going + [len(active) + p for p in going])
+                        active = [active[p] for p in going]
+                    logits = self._forward_rows(tokens + tokens)
+                    continue
                 if len(going) < len(active):  # finished rows leave the batch
                     self._reshape_rows(going)
                     active = [active[p] for p in going]
@@ -448,6 +501,21 @@ class TransformersGenerator:
         """Yield the response to ``prompt`` piece by piece; stop strings never come out."""
         for _, piece in self._rows(prompt, [seed], settings or self.settings, stop):
             yield piece
+
+    def stream_guided(
+        self,
+        prompt: str,
+        contrast: str,
+        *,
+        seeds: Sequence[int],
+        settings: SamplingSettings | None = None,
+        stop: Sequence[str] = STOP_STRINGS,
+    ) -> Iterator[tuple[int, str]]:
+        """``stream_batch`` with action guidance (see dungeon.generator.GuidedGenerator):
+        ``contrast`` is the prompt with a neutral action. Unguided where the runner cannot
+        fork rows of their own length (a model other than Llama-family on the CPU) or the
+        two prompts share no start."""
+        yield from self._rows(prompt, list(seeds), settings or self.settings, stop, contrast)
 
     def generate(
         self,

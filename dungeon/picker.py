@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dungeon.cleanup import impersonates, incomplete, loop_score
+from dungeon.contrast import contrast_actions, with_action
 from dungeon.corpus.check import first_person_slip
-from dungeon.format import MARKER, turn_prefix
 from dungeon.game import PickInfo
 from dungeon.generator import ContinuationScorer
 from dungeon.story import Candidate
@@ -191,40 +191,6 @@ class StoryPicker:
         return max(range(len(totals)), key=lambda i: (totals[i], -i))
 
 
-NEUTRAL_ACTIONS = ("You look around.", "You wait.")
-"""Contrast actions that ask for nothing in particular (the second when the player's action is
-the first)."""
-
-
-def contrast_actions(turn: PickInfo, most: int = 2) -> list[str]:
-    """The actions a candidate's answer to ``turn.action`` is contrasted with, at most ``most``:
-
-    1. a neutral action ("You look around."): a response that would follow any action scores
-       about zero against it, one with what this action asked for scores above;
-    2. the story's latest earlier action that differs from this one, found in the context: a
-       response that merely carries on from the last turn fits that action as well as this
-       one, and one that answers this action fits it better.
-
-    The eval's judge swaps in another action of the same script; at play time there is no
-    script, and these two stand in for "any other action". On the continuity probes with 4
-    candidates, the neutral one alone chose a little better than the previous one alone, and
-    as well as the two together (docs/eval.md). Empty for a turn without an action line
-    (story, continue) or a context that does not end with it.
-    """
-    if turn.mode not in ("do", "say") or not turn.action.strip():
-        return []
-    tail = turn_prefix(turn.action, turn.mode)
-    if not turn.context.text.endswith(tail):
-        return []
-    before = turn.context.text[: len(turn.context.text) - len(tail)]
-    earlier = re.findall(rf"\n\n{re.escape(MARKER)}([^\n]+)\n", before)
-    current = turn.action.strip().lower()
-    previous = next((a for a in reversed(earlier) if a.strip().lower() != current), None)
-    taken = {current, previous.strip().lower() if previous else None}
-    neutral = next(a for a in NEUTRAL_ACTIONS if a.lower() not in taken)
-    return [neutral, *([previous] if previous else [])][:most]
-
-
 def mean(values: Sequence[float]) -> float:
     return math.fsum(values) / len(values) if values else 0.0
 
@@ -243,9 +209,7 @@ def pmi_scores(
     others = contrast_actions(turn, contrasts)
     if not others:
         return None
-    context = turn.context.text
-    stem = context[: len(context) - len(turn_prefix(turn.action, turn.mode))]
-    contexts = [context, *(stem + turn_prefix(a, "do") for a in others)]
+    contexts = [turn.context.text, *(with_action(turn, a) for a in others)]
     scores = scorer.score_continuations(contexts, texts, max_tokens=max_tokens)
     return [
         mean(scores[0][j]) - mean([mean(scores[i][j]) for i in range(1, len(contexts))])

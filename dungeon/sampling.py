@@ -7,6 +7,7 @@ one Hugging Face uses: repetition penalty, bans, temperature, top-k, top-p, typi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -60,6 +61,37 @@ def candidates(
         values, ids = values[keep], ids[keep]
         probs = torch.softmax(values, dim=0)
     return probs, ids
+
+
+GUIDANCE_FLOOR = 0.1
+"""Action guidance only chooses among tokens at least this likely, relative to the likeliest
+token, after the player's action (an adaptive plausibility floor): the contrast may lift a
+token the action favours, never one the model would not write there."""
+
+
+def guide(
+    logits: torch.Tensor,
+    contrast: torch.Tensor,
+    weight: float,
+    *,
+    banned: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Action guidance on one row: ``logits`` (after the player's action) plus ``weight``
+    times each token's log-probability after the action minus after a neutral action
+    (``contrast``, the same response's logits there), tokens under ``GUIDANCE_FLOOR`` of the
+    likeliest token that is not ``banned`` ruled out (so some token always remains). A new
+    tensor; weight 0 gives ``logits`` back unchanged in value."""
+    if weight == 0.0:
+        return logits.clone()
+    allowed = logits
+    if banned is not None and banned.numel():
+        allowed = logits.index_fill(0, banned, float("-inf"))
+        if not torch.isfinite(allowed).any():
+            allowed = logits
+    logp = torch.log_softmax(allowed, dim=-1)
+    lift = logp - torch.log_softmax(contrast, dim=-1)
+    out = logits + weight * lift
+    return out.masked_fill_(logp < logp.max() + math.log(GUIDANCE_FLOOR), float("-inf"))
 
 
 def pick_token(

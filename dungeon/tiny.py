@@ -51,10 +51,21 @@ def make_tiny_gpt2(out_dir: Path, *, seed: int = 0, n_layer: int = 2, n_embd: in
     return out_dir
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m dungeon.tiny OUT_DIR")
-    print(make_tiny_gpt2(Path(sys.argv[1])))
+def tiny_llama_generator(*, lora: bool = False, settings=None):
+    """A TransformersGenerator over a tiny random Llama on the GPT-2 tokenizer: it runs on
+    LlamaDecoder, as the built-in model does. ``lora`` adds a random unmerged adapter."""
+    from dungeon.hf_generator import TransformersGenerator
+
+    tok = load_gpt2_tokenizer()
+    ends = dict(bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    model = make_tiny_llama(len(tok), tie_word_embeddings=True, **ends)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        targets = ["q_proj", "v_proj", "gate_proj", "down_proj"]
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+        model = get_peft_model(model, config).eval()
+    return TransformersGenerator(model, tok, name="tiny-llama", settings=settings, fast_decode=True)
 
 
 def make_tiny_llama(vocab_size: int, *, seed: int = 0, **config):
@@ -74,3 +85,9 @@ def make_tiny_llama(vocab_size: int, *, seed: int = 0, **config):
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, **{**shape, **config})).eval()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m dungeon.tiny OUT_DIR")
+    print(make_tiny_gpt2(Path(sys.argv[1])))

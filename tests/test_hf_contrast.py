@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 from dungeon.format import turn_prefix  # noqa: E402
 from dungeon.generator import ContinuationScorer, SamplingSettings  # noqa: E402
 from dungeon.hf_generator import TransformersGenerator  # noqa: E402
+from dungeon.tiny import tiny_llama_generator  # noqa: E402
 
 STORY = (
     "The lantern gutters as you climb down into the well. Cold water laps at the stones, and "
@@ -39,21 +40,6 @@ def gpt2(tiny_gpt2) -> TransformersGenerator:
     from dungeon.models import load_generator
 
     return load_generator(tiny_gpt2, device="cpu", dtype="float32")
-
-
-def tiny_llama_generator(lora: bool = False) -> TransformersGenerator:
-    """A tiny random Llama (GQA) on the GPT-2 tokenizer: it runs on LlamaDecoder."""
-    from dungeon.tiny import load_gpt2_tokenizer, make_tiny_llama
-
-    tok = load_gpt2_tokenizer()
-    model = make_tiny_llama(len(tok), tie_word_embeddings=True, eos_token_id=tok.eos_token_id)
-    if lora:
-        from peft import LoraConfig, get_peft_model
-
-        targets = ["q_proj", "v_proj", "gate_proj", "down_proj"]
-        lora_config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
-        model = get_peft_model(model, lora_config).eval()
-    return TransformersGenerator(model, tok, name="tiny-llama")
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ import pytest
 
 from dungeon import FakeGenerator, Game, GameSettings, Story
 from dungeon.context import Context
+from dungeon.contrast import contrast_actions, guidance_contrast
 from dungeon.format import turn_prefix
 from dungeon.game import PickInfo, first_candidate
 from dungeon.picker import (
     PICKERS,
     AdherencePicker,
     StoryPicker,
-    contrast_actions,
     echo,
     named_picker,
     pmi_scores,
@@ -139,6 +139,15 @@ def test_contrast_actions_are_a_neutral_one_and_the_previous_action():
     assert contrast_actions(turn_info("The wind howls.", "story")) == []
     said = turn_info('You say "Hello?"', "say")
     assert contrast_actions(said) == ["You look around.", "You open the door."]
+
+
+def test_guidance_contrasts_the_prompt_with_a_neutral_action_line():
+    said = turn_info('You say "Hello?"', "say")
+    assert guidance_contrast(said) == STORY + turn_prefix("You look around.", "do")
+    assert guidance_contrast(turn_info("You look around.")) == STORY + turn_prefix(
+        "You wait.", "do"
+    )
+    assert guidance_contrast(turn_info("", "continue")) is None
 
 
 def test_pmi_is_the_log_prob_after_the_action_minus_after_the_contrasts():

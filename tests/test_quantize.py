@@ -208,6 +208,45 @@ def test_forked_rows_match_one_row_each(tiny_llama):
         assert torch.allclose(single[0], ref0[-1], atol=1e-4)
 
 
+def test_rows_with_tails_of_their_own_length_match_one_row_each(tiny_llama):
+    from dungeon.fast_decode import LlamaDecoder
+
+    gen = torch.Generator().manual_seed(4)
+    prompt = torch.randint(0, 320, (1, 20), generator=gen)
+    tails = [[11, 12, 13, 14, 15], [21, 22], [11, 12, 13, 14, 15]]  # the third repeats the first
+    follow = torch.randint(0, 320, (3, 70), generator=gen)  # past the branch's first 64 + 5
+    with torch.inference_mode():
+        dec = LlamaDecoder.from_model(tiny_llama)
+        dec.forward(prompt)
+        first = dec.fork_tails(tails)
+        steps = [dec.forward(follow[:, i : i + 1]) for i in range(70)]
+        assert dec.length == 20 + 5 + 70
+        dec.select([1, 0])
+        after = dec.forward(torch.tensor([[5], [6]]))
+        dec.select([0])  # the shorter row folds back into the one-row cache
+        assert dec.length == 20 + 2 + 70 + 1
+        single = dec.forward(torch.tensor([[7]]))[0]
+        for row, tail in enumerate(tails):
+            whole = torch.cat([prompt, torch.tensor([tail]), follow[row : row + 1]], dim=1)
+            ref = tiny_llama(whole).logits[0]
+            at = 20 + len(tail) - 1
+            assert torch.allclose(first[row], ref[at], atol=1e-4)
+            for i in (0, 1, 40, 69):
+                assert torch.allclose(steps[i][row], ref[at + 1 + i], atol=1e-4), (row, i)
+        short = torch.cat(
+            [prompt, torch.tensor([tails[1]]), follow[1:2], torch.tensor([[5, 7]])], 1
+        )
+        ref1 = tiny_llama(short).logits[0]
+        assert torch.allclose(after[0], ref1[-2], atol=1e-4)
+        assert torch.allclose(single, ref1[-1], atol=1e-4)
+    dec.fork(2)
+    with pytest.raises(ValueError, match="one-row cache"):
+        dec.fork_tails([[1]])
+    dec.select([0])
+    with pytest.raises(ValueError, match="each of one token or more"):
+        dec.fork_tails([[1], []])
+
+
 def test_decoder_runs_an_unmerged_lora_as_a_side_path(tiny_llama):
     import copy
 

@@ -23,15 +23,11 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def tiny_llama():
     """A TransformersGenerator over a tiny random Llama, on LlamaDecoder as the built-in is."""
-    from dungeon.hf_generator import TransformersGenerator
-    from dungeon.tiny import load_gpt2_tokenizer, make_tiny_llama
+    from dungeon.tiny import tiny_llama_generator
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    tok = load_gpt2_tokenizer()
-    model = make_tiny_llama(len(tok), bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
-    settings = SamplingSettings(max_new_tokens=16, min_new_tokens=2)
-    gen = TransformersGenerator(model, tok, name="tiny-llama", settings=settings, fast_decode=True)
+    gen = tiny_llama_generator(settings=SamplingSettings(max_new_tokens=16, min_new_tokens=2))
     yield gen
     torch.set_num_threads(before)
 

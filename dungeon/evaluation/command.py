@@ -31,7 +31,7 @@ from dungeon.story import Story
 PLAY_FLAGS = ("candidates", "picker", "state", "context_budget")
 """The play settings eval takes as flags (and records in its figures); the rest are play's
 defaults, so eval plays as ``dungeon play`` does."""
-SAMPLING_FLAGS = ("temperature", "top_p", "repetition_penalty")
+SAMPLING_FLAGS = ("temperature", "top_p", "repetition_penalty", "guidance")
 """The sampling settings eval takes as flags, by play's names; the others (and these where
 not given) are the model's recommendation over SamplingSettings' defaults, as in play. The
 figures record every sampling setting in effect."""
@@ -96,6 +96,9 @@ def add_eval_parser(sub) -> None:
     )
     g.add_argument("--top-p", type=float, dest="top_p", help="nucleus sampling mass, (0, 1]")
     g.add_argument("--repetition-penalty", type=float, dest="repetition_penalty", help="1.0 = off")
+    g.add_argument(
+        "--guidance", type=float, help="action guidance, 0 (off) to 5 (default: the model's)"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--report", type=Path, help="also write every turn to this JSONL file")

@@ -110,6 +110,12 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
     s.add_argument("--min-new-tokens", type=int, dest="min_new_tokens")
     s.add_argument("--ban-marker", action="store_const", const=True, dest="ban_marker")
+    s.add_argument(
+        "--guidance",
+        type=float,
+        help="action guidance for new games, 0 (off) to 5 (one game at a time only: the "
+        "batching backend of --batch-size above 1 writes unguided text)",
+    )
     s.add_argument("--context-budget", type=int, dest="context_budget")
     s.add_argument("--candidates", type=int, help="responses per turn for new games (1-8)")
     s.add_argument(
