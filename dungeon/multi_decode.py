@@ -189,10 +189,12 @@ class MultiDecoder:
         return self.kv.numel() * self.kv.element_size() + self.store.bytes
 
     # --- rows -----------------------------------------------------------------------------
-    def prefill(self, ids: list[int]) -> Staged:
+    def prefill(self, ids: list[int], *, after: Staged | None = None) -> Staged:
         """Run ``ids`` through the model into a cache of its own, after the longest prefix of
-        them found in the prefix store (copied, not recomputed). Touches nothing a step reads,
-        so it may run on another thread while the batch decodes; ``attach`` adds the result."""
+        them found in the prefix store or in ``after`` (another prompt just staged, such as
+        the real prompt for action guidance's contrast row), copied, not recomputed. Touches
+        nothing a step reads, so it may run on another thread while the batch decodes;
+        ``attach`` adds the result."""
         if not ids:
             raise ValueError("a row needs at least one token")
         self._tables(len(ids))
@@ -201,6 +203,8 @@ class MultiDecoder:
             (len(self.layers), 2, 1, d.kv_heads, len(ids), d.head_dim), dtype=self.dtype
         )
         found, shared = self.store.best(ids)
+        if after is not None and common_prefix(after.ids, ids) > shared:
+            found, shared = after.kv[:, :, 0], common_prefix(after.ids, ids)
         keep = min(shared, len(ids) - 1)  # at least one token runs, for the logits
         if keep:
             kv[:, :, 0, :, :keep].copy_(found[:, :, :, :keep])

@@ -13,6 +13,7 @@ Nothing here touches a terminal; errors a player can fix are ``StartError`` (or 
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,13 +25,15 @@ from dungeon.cleanup import sanitize
 from dungeon.config import PlayOptions, sampling_in_effect
 from dungeon.context import ContextSettings
 from dungeon.game import Game, GameSettings
-from dungeon.generator import FakeGenerator, Generator
+from dungeon.generator import FakeGenerator, Generator, GuidedGenerator
 from dungeon.paths import config_dir
 from dungeon.picker import named_picker
 from dungeon.scenarios import Scenario, find_scenario, scenario_catalogue
 from dungeon.session import AUTOSAVE, Output, Session, check_slot, list_saves, new_slot, slot_path
 from dungeon.story import Story
 from dungeon.text_files import NotUTF8Error, decode_utf8
+
+log = logging.getLogger(__name__)
 
 MAX_PREMISE_BYTES = 100_000
 DEFAULT_SCENARIO = "fantasy"
@@ -90,6 +93,8 @@ def build_generator(opts: PlayOptions, progress: Callable[..., None] | None = No
     recommended = getattr(generator, "recommended_sampling", None)
     if recommended:
         opts.sampling = generator.settings = sampling_in_effect(opts, recommended)
+    if opts.sampling.guidance and not isinstance(generator, GuidedGenerator):
+        log.warning("action guidance needs a local model (not a server's); it is off")
     return generator
 
 

@@ -51,20 +51,22 @@ def make_tiny_gpt2(out_dir: Path, *, seed: int = 0, n_layer: int = 2, n_embd: in
     return out_dir
 
 
-def tiny_llama_generator(*, lora: bool = False, settings=None):
+def tiny_llama_generator(*, lora: bool = False, settings=None, **config):
     """A TransformersGenerator over a tiny random Llama on the GPT-2 tokenizer: it runs on
-    LlamaDecoder, as the built-in model does. ``lora`` adds a random unmerged adapter."""
+    LlamaDecoder, as the built-in model does. ``lora`` adds a random unmerged adapter;
+    ``config`` overrides LlamaConfig fields (``tie_word_embeddings=True``: a tied random
+    model mostly repeats the last token, an untied one writes varied tokens)."""
     from dungeon.hf_generator import TransformersGenerator
 
     tok = load_gpt2_tokenizer()
     ends = dict(bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
-    model = make_tiny_llama(len(tok), tie_word_embeddings=True, **ends)
+    model = make_tiny_llama(len(tok), **{**ends, **config})
     if lora:
         from peft import LoraConfig, get_peft_model
 
         targets = ["q_proj", "v_proj", "gate_proj", "down_proj"]
-        config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
-        model = get_peft_model(model, config).eval()
+        lora_config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+        model = get_peft_model(model, lora_config).eval()
     return TransformersGenerator(model, tok, name="tiny-llama", settings=settings, fast_decode=True)
 
 

@@ -15,6 +15,7 @@ from dungeon import Game, Story  # noqa: E402
 from dungeon.format import turn_prefix  # noqa: E402
 from dungeon.generator import GuidedGenerator, SamplingSettings, stream_rows  # noqa: E402
 from dungeon.sampling import GUIDANCE_FLOOR, guide  # noqa: E402
+from dungeon.tiny import tiny_llama_generator  # noqa: E402
 
 STORY = (
     "The lantern gutters as you climb down into the well. Cold water laps at the stones.\n\n"
@@ -34,13 +35,7 @@ def _one_thread(one_torch_thread):
 
 @pytest.fixture(scope="module")
 def llama():
-    """A tiny random Llama with its own output layer (a tied one only echoes the last token)."""
-    from dungeon.hf_generator import TransformersGenerator
-    from dungeon.tiny import load_gpt2_tokenizer, make_tiny_llama
-
-    tok = load_gpt2_tokenizer()
-    model = make_tiny_llama(len(tok), eos_token_id=tok.eos_token_id)
-    return TransformersGenerator(model, tok, name="tiny-llama", fast_decode=True)
+    return tiny_llama_generator()
 
 
 def test_guide_adds_the_lift_over_the_contrast_among_plausible_tokens():

@@ -44,7 +44,7 @@ def gpt2(tiny_gpt2) -> TransformersGenerator:
 
 @pytest.fixture(scope="module")
 def llama() -> TransformersGenerator:
-    return tiny_llama_generator()
+    return tiny_llama_generator(tie_word_embeddings=True)
 
 
 def assert_matches_full_forward(gen, scores, texts=TEXTS, atol=1e-4):
@@ -103,7 +103,7 @@ def test_a_cache_that_holds_another_prompt_is_not_used(llama):
 
 
 def test_scores_run_through_an_unmerged_adapter():
-    gen = tiny_llama_generator(lora=True)
+    gen = tiny_llama_generator(lora=True, tie_word_embeddings=True)
     assert type(gen.runner).__name__ == "LlamaDecoder"
     gen.generate(contexts()[0], seed=3, settings=SETTINGS)
     assert_matches_full_forward(gen, gen.score_continuations(contexts(), TEXTS))

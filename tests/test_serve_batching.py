@@ -4,6 +4,7 @@ on a tiny random Llama (the built-in model's family) with the real GPT-2 BPE."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from serve_helpers import running_server
@@ -84,6 +85,51 @@ def test_candidates_batch_like_stream_batch(tiny_llama):
         for row, piece in batching.stream_batch(PROMPTS[1], seeds=[4, 5, 6]):
             rows[row] += piece
         assert rows == tiny_llama.generate_batch(PROMPTS[1], seeds=[4, 5, 6])
+    finally:
+        batching.close()
+
+
+def test_guided_games_in_a_batch_write_what_the_generator_writes_alone(tiny_llama):
+    story = "Rain falls on the ruined keep.\n\n> You look around.\nStairs climb into the dark."
+    prompt, contrast = story + "\n\n> You climb the stairs.\n", story + "\n\n> You wait.\n"
+    guided = SamplingSettings(max_new_tokens=16, min_new_tokens=2, guidance=1.5)
+
+    def texts(gen, seeds):
+        out = [""] * len(seeds)
+        for row, piece in gen.stream_guided(prompt, contrast, seeds=seeds, settings=guided):
+            out[row] += piece
+        return out
+
+    alone = texts(tiny_llama, [4, 5, 6])
+    plain = [tiny_llama.generate(p, seed=i) for i, p in enumerate(PROMPTS[:2])]
+    assert alone != tiny_llama.generate_batch(prompt, seeds=[4, 5, 6], settings=guided)
+    batching = _batching(tiny_llama, max_rows=4)  # two guided responses at a time
+    try:
+        got: dict[str, list[str]] = {}
+
+        def guided_game() -> None:
+            got["guided"] = texts(batching, [4, 5, 6])
+
+        def plain_game(i: int) -> None:
+            got[str(i)] = [batching.generate(PROMPTS[i], seed=i)]
+
+        threads = [threading.Thread(target=guided_game)]
+        threads += [threading.Thread(target=plain_game, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert got["guided"] == alone
+        assert [got["0"][0], got["1"][0]] == plain
+        deadline = time.monotonic() + 5  # the decode thread frees rows after the last piece
+        while batching._reserved and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batching._reserved == 0 and batching.multi.rows == 0, "every row is freed"
+        # The contrast rows are not kept for later turns; the responses are.
+        assert all(
+            not e.ids[: len(tiny_llama.encode(contrast))] == tiny_llama.encode(contrast)
+            for e in batching.multi.store.entries.values()
+        )
     finally:
         batching.close()
 

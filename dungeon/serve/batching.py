@@ -13,6 +13,11 @@ step it
    on who else is in the batch), and hands each row's safe text to its caller,
 3. runs one forward step for all rows still writing.
 
+With action guidance (``stream_guided``, ``SamplingSettings.guidance``), each response has a
+second row on the contrast prompt (its prefill copies the shared start from the real prompt's)
+that takes the response's tokens; the response picks from its logits guided by that row's, as
+TransformersGenerator does.
+
 Rows join and leave between steps. A caller that stops reading (a client that went away) has
 its rows dropped at the next step. Anything else the Game asks of a generator (counting tokens,
 the settings, the name) is passed to the TransformersGenerator underneath, under a lock: a
@@ -42,11 +47,18 @@ class _Request:
     seeds: list[int]
     settings: SamplingSettings
     stop: tuple[str, ...]
+    contrast: str | None = None
+    """The prompt with a neutral action, for action guidance (a second row per seed)."""
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     """(row, piece) pairs, then an exception or _END."""
     cancelled: bool = False
     failed: bool = False
     open_rows: int = 0
+
+    @property
+    def rows(self) -> int:
+        """Rows of the batch the request takes: one per seed, two with guidance."""
+        return len(self.seeds) * (2 if self.contrast is not None else 1)
 
 
 @dataclass(eq=False)
@@ -60,6 +72,10 @@ class _Live:
     """hf_generator._Row: RNG, recent tokens, detokenizer, stop holdback."""
     logits: object = None
     step: int = 0
+    guide: _Live | None = None
+    """The row on the contrast prompt that follows this one (action guidance)."""
+    follows: bool = False
+    """This row is such a contrast row: it takes the tokens of the row it guides."""
 
 
 class BatchingGenerator:
@@ -148,17 +164,46 @@ class BatchingGenerator:
     ) -> Iterator[tuple[int, str]]:
         """(row, piece) pairs, one row per seed, as TransformersGenerator.stream_batch (more
         seeds than the batch has rows are written a batch-full at a time)."""
-        seeds = list(seeds)
+        yield from self._groups(prompt, None, list(seeds), settings or self.inner.settings, stop)
+
+    def stream_guided(
+        self,
+        prompt: str,
+        contrast: str,
+        *,
+        seeds: Sequence[int],
+        settings: SamplingSettings | None = None,
+        stop: Sequence[str] = STOP_STRINGS,
+    ) -> Iterator[tuple[int, str]]:
+        """``stream_batch`` with action guidance (dungeon.generator.GuidedGenerator): each
+        seed's response has a second row on ``contrast``."""
         settings = settings or self.inner.settings
-        for start in range(0, len(seeds), self.max_rows):
-            group = seeds[start : start + self.max_rows]
-            for row, piece in self._group(prompt, group, settings, stop):
+        guided = contrast if settings.guidance > 0 else None
+        yield from self._groups(prompt, guided, list(seeds), settings, stop)
+
+    def _groups(
+        self,
+        prompt: str,
+        contrast: str | None,
+        seeds: list[int],
+        settings: SamplingSettings,
+        stop: Sequence[str],
+    ) -> Iterator[tuple[int, str]]:
+        size = self.max_rows if contrast is None else max(1, self.max_rows // 2)
+        for start in range(0, len(seeds), size):
+            group = seeds[start : start + size]
+            for row, piece in self._group(prompt, contrast, group, settings, stop):
                 yield start + row, piece
 
     def _group(
-        self, prompt: str, seeds: list[int], settings: SamplingSettings, stop: Sequence[str]
+        self,
+        prompt: str,
+        contrast: str | None,
+        seeds: list[int],
+        settings: SamplingSettings,
+        stop: Sequence[str],
     ) -> Iterator[tuple[int, str]]:
-        request = _Request(prompt, seeds, settings, tuple(s for s in stop if s))
+        request = _Request(prompt, seeds, settings, tuple(s for s in stop if s), contrast)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the model is shutting down")
@@ -200,31 +245,37 @@ class BatchingGenerator:
         while True:
             with self._cond:
                 while not self._closed and not (
-                    self._pending and len(self._pending[0].seeds) <= self.max_rows - self._reserved
+                    self._pending and self._pending[0].rows <= self.max_rows - self._reserved
                 ):
                     self._cond.wait()
                 if self._closed:
                     return
                 request = self._pending.pop(0)
-                self._reserved += len(request.seeds)
+                self._reserved += request.rows
             staged = None
             try:
                 if not request.cancelled:
                     with self.lock:
                         ids = self.inner._prompt_ids(request.prompt, request.settings)
+                        other = None
+                        if request.contrast is not None:
+                            other = self.inner._prompt_ids(request.contrast, request.settings)
                     started = time.perf_counter()
                     with torch.inference_mode():
                         staged = self.multi.prefill(ids)
+                        if other is not None:
+                            staged = (staged, self.multi.prefill(other, after=staged))
                     self.prefill_s += time.perf_counter() - started
                     self.prompt_tokens += len(ids)
-                    self.reused_tokens += staged.reused
+                    first = staged[0] if isinstance(staged, tuple) else staged
+                    self.reused_tokens += first.reused
             except Exception as err:  # delivered to the caller; the thread keeps serving
                 log.exception("prefill failed")
                 request.failed = True
                 request.out.put(err)
             with self._cond:
                 if staged is None:
-                    self._reserved -= len(request.seeds)
+                    self._reserved -= request.rows
                     if not request.failed:
                         request.out.put(_END)  # cancelled before it started
                 else:
@@ -250,7 +301,7 @@ class BatchingGenerator:
                     self._ready.clear()
                     return
                 joining, self._ready = self._ready, []
-            before = len(live) + sum(len(r.seeds) for r, _ in joining)
+            before = len(live) + sum(r.rows for r, _ in joining)
             try:
                 with torch.inference_mode():
                     for request, staged in joining:
@@ -272,15 +323,18 @@ class BatchingGenerator:
                 self._cond.notify_all()
 
     def _admit(self, request: _Request, staged) -> list[_Live]:
-        """A prefilled request joins the batch: one row per seed (the prompt ran once)."""
+        """A prefilled request joins the batch: one row per seed (the prompt ran once), and
+        with guidance one more per seed on the contrast prompt, after them."""
         from dungeon.hf_generator import _Row
 
         if request.cancelled:
             request.out.put(_END)
             return []
-        row = self.multi.attach(staged)
-        for _ in request.seeds[1:]:
-            self.multi.fork(row)
+        staged, contrast = staged if isinstance(staged, tuple) else (staged, None)
+        for prompt in (staged, contrast) if contrast is not None else (staged,):
+            row = self.multi.attach(prompt)
+            for _ in request.seeds[1:]:
+                self.multi.fork(row)
         ids, stops = staged.ids, request.stop
         longest = max((len(s) for s in stops), default=1)
         request.open_rows = len(request.seeds)
@@ -290,7 +344,13 @@ class BatchingGenerator:
                 _Row(tokenizer, ids, request.prompt, seed, request.settings, stops, longest)
                 for seed in request.seeds
             ]
-        return [_Live(request, i, state, staged.logits.clone()) for i, state in enumerate(states)]
+        rows = [_Live(request, i, state, staged.logits.clone()) for i, state in enumerate(states)]
+        if contrast is None:
+            return rows
+        guides = [_Live(request, i, None, contrast.logits, follows=True) for i in range(len(rows))]
+        for item, guide in zip(rows, guides):
+            item.guide = guide
+        return rows + guides
 
     @staticmethod
     def _finish(item: _Live, err: BaseException | None = None) -> None:
@@ -309,14 +369,15 @@ class BatchingGenerator:
     def _sample_and_step(self, live: list[_Live]) -> list[_Live]:
         """Pick a token for every row, hand out the text, run one step for the rows still
         writing; returns them (in the decoder's row order)."""
-        from dungeon.sampling import pick_token
+        from dungeon.sampling import guide, pick_token
 
         gen = self.inner
         started = time.perf_counter()
         tokens: dict[int, int] = {}
+        at = {id(item): row for row, item in enumerate(live)}
         for row, item in enumerate(live):
             request, state, settings = item.request, item.state, item.request.settings
-            if request.cancelled:
+            if request.cancelled or item.follows:
                 continue
             if item.step < settings.min_new_tokens:
                 banned = gen._early_bans(state.tail, request.stop)
@@ -324,7 +385,10 @@ class BatchingGenerator:
                     banned = torch_cat(banned, gen.marker_ids)
             else:
                 banned = gen.marker_ids if settings.ban_marker else None
-            token = pick_token(item.logits, settings, state.rng, recent=state.recent, banned=banned)
+            scores = item.logits
+            if item.guide is not None:
+                scores = guide(scores, item.guide.logits, settings.guidance, banned=banned)
+            token = pick_token(scores, settings, state.rng, recent=state.recent, banned=banned)
             if token in gen._stop_set:
                 self._out(item, state.finish())
                 continue
@@ -335,19 +399,23 @@ class BatchingGenerator:
                 self._out(item, state.finish())
                 continue
             tokens[row] = token
+            if item.guide is not None:
+                tokens[at[id(item.guide)]] = token
         # Rows that are done leave (the last row moves into a freed place each time).
         for row in range(len(live) - 1, -1, -1):
             if row in tokens:
                 continue
             item = live[row]
-            moved = self.multi.remove(row, keep=not item.request.cancelled)
+            keep = not item.request.cancelled and not item.follows
+            moved = self.multi.remove(row, keep=keep)
             if moved is not None:
                 live[row] = live[moved]
                 tokens_moved = tokens.pop(moved, None)
                 if tokens_moved is not None:
                     tokens[row] = tokens_moved
             live.pop()
-            self._finish(item)
+            if not item.follows:
+                self._finish(item)
         stepped = time.perf_counter()
         self.sample_s += stepped - started
         if not live:

@@ -113,8 +113,7 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     s.add_argument(
         "--guidance",
         type=float,
-        help="action guidance for new games, 0 (off) to 5 (one game at a time only: the "
-        "batching backend of --batch-size above 1 writes unguided text)",
+        help="action guidance for new games, 0 (off) to 5 (default: the model's)",
     )
     s.add_argument("--context-budget", type=int, dest="context_budget")
     s.add_argument("--candidates", type=int, help="responses per turn for new games (1-8)")
