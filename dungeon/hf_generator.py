@@ -392,9 +392,10 @@ class TransformersGenerator:
             return None
         other = self.encode(contrast)
         shared = common_prefix(ids, other)
-        if shared == 0 or shared in (len(ids), len(other)) or len(other) > len(ids) + 64:
-            return None  # nothing shared, or no tail of its own to contrast
-        return shared, other[shared:]
+        fits = len(other) + settings.max_new_tokens <= self.context_window
+        if 0 < shared < min(len(ids), len(other)) and fits:
+            return shared, other[shared:]
+        return None  # nothing shared (a prompt cut to the window), no tail of its own, too long
 
     def _rows(
         self,
@@ -448,8 +449,8 @@ class TransformersGenerator:
                 with torch.inference_mode():
                     scores = logits[pos]
                     if guided is not None:
-                        contrast = logits[len(active) + pos]
-                        scores = guide(scores, contrast, settings.guidance, banned=banned)
+                        neutral = logits[len(active) + pos]  # its contrast row's
+                        scores = guide(scores, neutral, settings.guidance, banned=banned)
                     token = pick_token(scores, settings, row.rng, recent=row.recent, banned=banned)
                 if first_token_at is None:
                     first_token_at = time.perf_counter()
