@@ -312,6 +312,13 @@ class LlamaDecoder:
             self.cache = self._grown(self.cache, shape, self.shared, self.dtype)
         self.rotary_upto(need)
 
+    @property
+    def lengths(self) -> list[int]:
+        """The positions each row holds."""
+        if self.own is not None:
+            return [self.shared + int(n) for n in self.own]
+        return [self.length] * self.rows
+
     def rotary_upto(self, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder's rotary (cos, sin) tables, grown (and kept) to cover positions
         0..end-1: what the one-row path, the forked rows and dungeon.hf_contrast index."""
@@ -399,10 +406,10 @@ class LlamaDecoder:
         log-sum-exp."""
         rows, h_kv, groups, d = q.shape
         shared_q = q.transpose(0, 1).reshape(1, h_kv, rows * groups, d)
-        o1, l1 = _flash(shared_q, cache[0, :, :, : self.shared], cache[1, :, :, : self.shared])
+        o1, l1 = flash(shared_q, cache[0, :, :, : self.shared], cache[1, :, :, : self.shared])
         o1 = o1.view(h_kv, rows, groups, d).transpose(0, 1)
         l1 = l1.view(h_kv, rows, groups).transpose(0, 1)
-        o2, l2 = _flash(q, branch[0, :, :, :own], branch[1, :, :, :own], mask)
+        o2, l2 = flash(q, branch[0, :, :, :own], branch[1, :, :, :own], mask)
         w = torch.sigmoid(l1 - l2).unsqueeze(-1).to(o2.dtype)
         return torch.lerp(o2, o1, w)
 
@@ -575,7 +582,7 @@ class LlamaDecoder:
         return (self.head.each_row(last) if step else self.head(last)).float()
 
 
-def _flash(q, k, v, mask=None):
+def flash(q, k, v, mask=None):
     """Attention output and its log-sum-exp (torch's CPU flash-attention kernel); ``mask`` is
-    added to the scores."""
+    added to the scores. Two parts of one attention merge by their log-sum-exps."""
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)[:2]

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from dungeon.cpu_decode import full_precision
-from dungeon.fast_decode import LlamaDecoder, rope
+from dungeon.fast_decode import LlamaDecoder, flash, rope
 
 HEAD_CHUNK = 256
 """Positions per output-layer product (bounds the float32 logits held at once)."""
@@ -104,7 +104,8 @@ def _start_id(generator) -> int:
 def _cached_length(generator, runner, prefix: list[int]) -> int:
     """How many tokens of ``prefix`` the runner's shared (one-row) cache holds."""
     held = generator._row_ids
-    if held is None or not held or any(len(r) != runner.length for r in held):
+    lengths = getattr(runner, "lengths", None) or [runner.length] * len(held or ())
+    if held is None or not held or [len(r) for r in held] != lengths:
         return 0  # unknown (an interrupted forward) or out of step: read nothing from it
     shared = getattr(runner, "shared", runner.length)  # LlamaDecoder: the part all rows share
     return min(_common([r[:shared], prefix]) for r in held)
@@ -172,7 +173,7 @@ def _llama_forward(dec, rows: list[list[int]], past, start: int, *, keep: bool):
         k_own[row_of, offset] = k
         v_own = v.new_zeros(len(rows), width, h_kv, d)
         v_own[row_of, offset] = v
-        out, lse = _flash(
+        out, lse = flash(
             q_own.permute(0, 2, 1, 3, 4).reshape(len(rows), h_kv, width * groups, d),
             k_own.transpose(1, 2),
             v_own.transpose(1, 2),
@@ -181,7 +182,7 @@ def _llama_forward(dec, rows: list[list[int]], past, start: int, *, keep: bool):
         out = out.view(len(rows), h_kv, width, groups, d).transpose(1, 2)[row_of, offset]
         lse = lse.view(len(rows), h_kv, width, groups).transpose(1, 2)[row_of, offset]
         if pk.shape[2]:  # the past: (1, h_kv, n * groups) queries on (1, h_kv, past)
-            out_past, lse_past = _flash(q.transpose(0, 1).reshape(1, h_kv, n * groups, d), pk, pv)
+            out_past, lse_past = flash(q.transpose(0, 1).reshape(1, h_kv, n * groups, d), pk, pv)
             out_past = out_past.view(h_kv, n, groups, d).transpose(0, 1)
             lse_past = lse_past.view(h_kv, n, groups).transpose(0, 1)
             w = torch.sigmoid(lse_past - lse).unsqueeze(-1).to(out.dtype)
@@ -211,11 +212,6 @@ def _llama_logprobs(dec, hidden, rows, firsts, targets) -> list[list[float]]:
         logprobs = torch.log_softmax(logits, -1, dtype=torch.float32)
         flat += logprobs.gather(-1, wanted_t[s : s + HEAD_CHUNK, None]).squeeze(-1).tolist()
     return _split(flat, targets)
-
-
-def _flash(q, k, v, mask=None):
-    """Attention output and its log-sum-exp (torch's CPU flash-attention kernel)."""
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask)[:2]
 
 
 def _split(flat: list[float], targets) -> list[list[float]]:

@@ -54,16 +54,22 @@ def assert_matches_full_forward(gen, scores, texts=TEXTS, atol=1e-4):
             assert scores[i][j] == pytest.approx(want, abs=atol), (i, j)
 
 
-@pytest.mark.parametrize("which", ["gpt2", "llama"])
+@pytest.mark.parametrize("which", ["gpt2", "llama", "llama-guided"])
 def test_cached_batch_scores_equal_full_forward_scores(which, gpt2, llama, monkeypatch):
     from dungeon import hf_contrast
 
     gen = gpt2 if which == "gpt2" else llama
     assert isinstance(gen, ContinuationScorer)
-    gen.generate_batch(contexts()[0], seeds=[1, 2], settings=SETTINGS)  # the prompt is cached
+    if which == "llama-guided":  # rows of their own lengths: the shared part is still used
+        neutral = STORY + turn_prefix("You wait.", "do")
+        guided = SamplingSettings(max_new_tokens=12, min_new_tokens=12, guidance=1.0)
+        list(gen.stream_guided(contexts()[0], neutral, seeds=[1, 2], settings=guided))
+        assert gen.runner.own is not None
+    else:
+        gen.generate_batch(contexts()[0], seeds=[1, 2], settings=SETTINGS)  # the prompt is cached
     assert gen.last_stats.prompt_tokens > 40
     runs = []  # the batch size of each forward pass
-    if which == "llama":
+    if which != "gpt2":
         forward = hf_contrast._llama_forward
 
         def counted(dec, rows, *args, **kwargs):

@@ -239,12 +239,12 @@ def test_rows_with_tails_of_their_own_length_match_one_row_each(tiny_llama):
         ref1 = tiny_llama(short).logits[0]
         assert torch.allclose(after[0], ref1[-2], atol=1e-4)
         assert torch.allclose(single, ref1[-1], atol=1e-4)
-    dec.fork(2)
-    with pytest.raises(ValueError, match="one-row cache"):
-        dec.fork_tails([[1]])
-    dec.select([0])
-    with pytest.raises(ValueError, match="each of one token or more"):
-        dec.fork_tails([[1], []])
+        dec.fork(2)
+        with pytest.raises(ValueError, match="one-row cache"):
+            dec.fork_tails([[1]])
+        dec.select([0])
+        with pytest.raises(ValueError, match="each of one token or more"):
+            dec.fork_tails([[1], []])
 
 
 def test_decoder_runs_an_unmerged_lora_as_a_side_path(tiny_llama):
