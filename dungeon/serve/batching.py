@@ -189,21 +189,15 @@ class BatchingGenerator:
         settings: SamplingSettings,
         stop: Sequence[str],
     ) -> Iterator[tuple[int, str]]:
+        """A batch-full of seeds at a time (half as many with guidance: two rows each)."""
         size = self.max_rows if contrast is None else max(1, self.max_rows // 2)
+        stops = tuple(s for s in stop if s)
         for start in range(0, len(seeds), size):
-            group = seeds[start : start + size]
-            for row, piece in self._group(prompt, contrast, group, settings, stop):
+            request = _Request(prompt, seeds[start : start + size], settings, stops, contrast)
+            for row, piece in self._run(request):
                 yield start + row, piece
 
-    def _group(
-        self,
-        prompt: str,
-        contrast: str | None,
-        seeds: list[int],
-        settings: SamplingSettings,
-        stop: Sequence[str],
-    ) -> Iterator[tuple[int, str]]:
-        request = _Request(prompt, seeds, settings, tuple(s for s in stop if s), contrast)
+    def _run(self, request: _Request) -> Iterator[tuple[int, str]]:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the model is shutting down")
