@@ -75,8 +75,9 @@ def test_a_real_session_in_tmux(tmux):
     command += "; echo EXIT=$?; sleep 60"  # keep the pane open to read the last screen
     tmux("new-session", "-d", "-s", "game", "-x", "90", "-y", "60", "-c", str(ROOT), command)
 
-    screen = tmux.wait_for("Type what you do")
-    assert "turn 0" in screen and "temp 0.8" in screen  # the bottom toolbar
+    tmux.wait_for("Type what you do")
+    screen = tmux.wait_for("turn 0")  # the bottom toolbar is drawn just after the prompt
+    assert "temp 0.8" in screen and "Type what you do" in screen
 
     tmux.send("I look around", "Enter")
     screen = tmux.wait_for("turn 1")
