@@ -129,6 +129,29 @@ def test_build_generator_passes_the_play_options_to_the_loader(monkeypatch):
     assert seen["adapter"] is None and seen["quantize"] == "auto"
 
 
+def test_guidance_on_a_backend_that_cannot_guide_is_announced(monkeypatch, caplog):
+    import logging
+
+    from dungeon import models
+    from dungeon.startup import build_generator
+
+    def load(model, **kw):  # a backend without stream_guided (as a remote model is)
+        generator = FakeGenerator(settings=kw["settings"])
+        generator.recommended_sampling = {"guidance": 1.0}
+        return generator
+
+    monkeypatch.setattr(models, "load_generator", load)
+    with caplog.at_level(logging.WARNING, logger="dungeon.startup"):
+        opts = PlayOptions(model="http://gpu:8000/v1")
+        build_generator(opts)
+        assert opts.sampling.guidance == 1.0
+        assert "action guidance needs a local model" in caplog.text
+        caplog.clear()
+        monkeypatch.setattr(models, "load_generator", lambda model, **kw: FakeGenerator())
+        build_generator(PlayOptions(model="http://gpu:8000/v1"))
+    assert "action guidance" not in caplog.text  # off: nothing to say
+
+
 def test_the_model_s_recommended_sampling_is_in_effect_under_the_user_s_and_a_save_s(
     monkeypatch, capsys
 ):
