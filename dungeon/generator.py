@@ -46,7 +46,8 @@ class SamplingSettings:
     """Action guidance (0 = off): each token's logit gains this times how much more likely the
     token is after the player's action than after a neutral one ("You look around."), so the
     text leans toward what the action asked for. Costs a second cache row per response;
-    backends without it (remote, the server's batch) ignore it."""
+    backends that cannot (a remote model, models other than Llama-family on the CPU) write
+    unguided text."""
 
     def __post_init__(self) -> None:
         problems = []

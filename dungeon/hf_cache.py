@@ -7,6 +7,7 @@ runs token ids after what the cache holds. ``HFRunner`` (here) runs any transfor
 
     runner.length               # positions the cache holds (the same for every row)
     runner.rows                 # rows the cache holds
+    runner.lengths              # the positions each row holds
     runner.reset()              # forget everything
     runner.crop(n)              # keep the first n positions
     runner.fork(rows)           # one row -> ``rows`` copies of it
@@ -120,6 +121,11 @@ class HFRunner:
     @property
     def length(self) -> int:
         return self.cache.get_seq_length() if self.cache is not None else 0
+
+    @property
+    def lengths(self) -> list[int]:
+        """The positions each row holds (all the same here)."""
+        return [self.length] * self.rows
 
     def reset(self) -> None:
         self.cache, self.rows = None, 1

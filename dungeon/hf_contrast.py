@@ -104,8 +104,7 @@ def _start_id(generator) -> int:
 def _cached_length(generator, runner, prefix: list[int]) -> int:
     """How many tokens of ``prefix`` the runner's shared (one-row) cache holds."""
     held = generator._row_ids
-    lengths = getattr(runner, "lengths", None) or [runner.length] * len(held or ())
-    if held is None or not held or [len(r) for r in held] != lengths:
+    if held is None or not held or [len(r) for r in held] != runner.lengths:
         return 0  # unknown (an interrupted forward) or out of step: read nothing from it
     shared = getattr(runner, "shared", runner.length)  # LlamaDecoder: the part all rows share
     return min(_common([r[:shared], prefix]) for r in held)

@@ -203,8 +203,9 @@ class MultiDecoder:
             (len(self.layers), 2, 1, d.kv_heads, len(ids), d.head_dim), dtype=self.dtype
         )
         found, shared = self.store.best(ids)
-        if after is not None and common_prefix(after.ids, ids) > shared:
-            found, shared = after.kv[:, :, 0], common_prefix(after.ids, ids)
+        from_after = common_prefix(after.ids, ids) if after is not None else 0
+        if from_after > shared:
+            found, shared = after.kv[:, :, 0], from_after
         keep = min(shared, len(ids) - 1)  # at least one token runs, for the logits
         if keep:
             kv[:, :, 0, :, :keep].copy_(found[:, :, :, :keep])

@@ -97,7 +97,8 @@ class BatchingGenerator:
         self._pending: list[_Request] = []
         """Requests waiting for the prefill thread."""
         self._ready: list[tuple[_Request, object]] = []
-        """Prefilled requests (with their multi_decode.Staged) waiting to join the batch."""
+        """Prefilled requests, with their prompt's multi_decode.Staged and the contrast prompt's (or
+None), waiting to join the batch."""
         self._reserved = 0
         """Rows promised: in the batch, ready, or being prefilled (at most max_rows)."""
         self._closed = False
@@ -256,13 +257,12 @@ class BatchingGenerator:
                             other = self.inner._prompt_ids(request.contrast, request.settings)
                     started = time.perf_counter()
                     with torch.inference_mode():
-                        staged = self.multi.prefill(ids)
-                        if other is not None:
-                            staged = (staged, self.multi.prefill(other, after=staged))
+                        real = self.multi.prefill(ids)
+                        neutral = None if other is None else self.multi.prefill(other, after=real)
+                    staged = (real, neutral)
                     self.prefill_s += time.perf_counter() - started
                     self.prompt_tokens += len(ids)
-                    first = staged[0] if isinstance(staged, tuple) else staged
-                    self.reused_tokens += first.reused
+                    self.reused_tokens += real.reused
             except Exception as err:  # delivered to the caller; the thread keeps serving
                 log.exception("prefill failed")
                 request.failed = True
@@ -324,7 +324,7 @@ class BatchingGenerator:
         if request.cancelled:
             request.out.put(_END)
             return []
-        staged, contrast = staged if isinstance(staged, tuple) else (staged, None)
+        staged, contrast = staged  # the prompt's, and the contrast prompt's (or None)
         for prompt in (staged, contrast) if contrast is not None else (staged,):
             row = self.multi.attach(prompt)
             for _ in request.seeds[1:]:
