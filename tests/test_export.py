@@ -112,9 +112,10 @@ def tiny_llama(tmp_path_factory) -> Path:
     """A tiny random Llama (GQA, tied embeddings) with a 300-token byte-level BPE trained on
     stories/, shaped like the built-in model's tokenizer; the embedding table has 20 more rows
     than the vocabulary (padding, as real models often have)."""
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
+
+    from dungeon.tiny import make_tiny_llama
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     bpe = Tokenizer(models.BPE())
@@ -134,13 +135,8 @@ def tiny_llama(tmp_path_factory) -> Path:
         unk_token="<|endoftext|>",
         pad_token="<|im_end|>",
     )
-    config = LlamaConfig(
-        vocab_size=len(tokenizer) + 20,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    model = make_tiny_llama(
+        len(tokenizer) + 20,
         max_position_embeddings=256,
         rms_norm_eps=1e-5,
         tie_word_embeddings=True,
@@ -148,8 +144,6 @@ def tiny_llama(tmp_path_factory) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
     out = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
